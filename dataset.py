@@ -1,0 +1,321 @@
+"""Datasets: one table of facts, the dSprites and image-folder loaders, and the batch order.
+
+dSprites is held in memory bit-packed (737,280 × 64 × 8 bytes = 360 MiB, against
+11.25 GiB as float32) and unpacked to float per batch, on whatever device the
+batch is drawn on. Image folders (CelebA, 3DChairs) are decoded lazily by
+DataLoader workers. Both draw their batch indices from `BatchOrder`, a pure
+function of (seed, step), so a resumed run sees exactly the batches it would
+have seen without the interruption.
+"""
+
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+DSPRITES_FILE = "dsprites-dataset/dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
+DSPRITES_KEYS = ("imgs", "latents_classes")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class DataError(Exception):
+    """A data file or folder that cannot be used; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the rest of the code needs to know about one dataset."""
+
+    name: str  # the canonical (lower-case) --dataset value
+    nc: int  # image channels
+    distribution: str  # decoder likelihood: 'bernoulli' or 'gaussian'
+    relpath: str  # file or folder under --dset_dir
+    source: str  # where a user gets the data
+    kind: str  # 'dsprites' (one npz) or 'folder' (images found recursively)
+    # Images whose traversals are drawn at every display step, by dataset index.
+    traverse_indices: dict = field(default_factory=dict)
+
+    def path(self, dset_dir: str | Path) -> Path:
+        return Path(dset_dir) / self.relpath
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "dsprites": DatasetSpec(
+        name="dsprites",
+        nc=1,
+        distribution="bernoulli",
+        relpath=DSPRITES_FILE,
+        source="https://github.com/deepmind/dsprites-dataset (generated locally when missing)",
+        kind="dsprites",
+        traverse_indices={"fixed_square": 87040, "fixed_ellipse": 332800, "fixed_heart": 578560},
+    ),
+    "celeba": DatasetSpec(
+        name="celeba",
+        nc=3,
+        distribution="gaussian",
+        relpath="CelebA",
+        source="http://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (img_align_celeba.zip, unzipped)",
+        kind="folder",
+        traverse_indices={"fixed_img": 0},
+    ),
+    "3dchairs": DatasetSpec(
+        name="3dchairs",
+        nc=3,
+        distribution="gaussian",
+        relpath="3DChairs",
+        source="https://www.di.ens.fr/willow/research/seeing3Dchairs/ (rendered_chairs.tar, unpacked)",
+        kind="folder",
+        traverse_indices={"fixed_img": 0},
+    ),
+}
+
+
+# --------------------------------------------------------------------------- dSprites
+
+
+class DSprites:
+    """dSprites images, bit-packed in memory, plus its ground-truth factors.
+
+    `get(indices)` returns uint8 images (B, 1, 64, 64) with values 0/1 on the
+    device the packed array lives on. When the file holds the full factor grid in
+    its canonical order, the ground-truth interface used by the metrics works:
+    `factor_names`, `factor_sizes`, `sample_factors`, `images_for_factors`.
+    """
+
+    nc = 1
+    scale = 1.0  # uint8 value -> float in [0, 1]
+    factor_names = ("shape", "scale", "orientation", "posX", "posY")
+    factor_sizes = (3, 6, 40, 32, 32)  # colour (size 1) is not a factor
+
+    def __init__(self, packed: torch.Tensor, latents_classes: np.ndarray):
+        self.packed = packed  # (N, 64, 8) uint8, 8 pixels a byte, most significant bit first
+        self.latents_classes = latents_classes  # (N, 6) int64
+        self._shifts = torch.arange(7, -1, -1, dtype=torch.uint8)
+        # Row-major strides over (shape, scale, orientation, posX, posY).
+        self._strides = np.cumprod((1,) + self.factor_sizes[::-1])[::-1][1:].copy()
+        self.has_factors = _is_full_grid(latents_classes, self.factor_sizes)
+
+    def __len__(self) -> int:
+        return self.packed.shape[0]
+
+    def to(self, device: torch.device) -> "DSprites":
+        self.packed = self.packed.to(device)
+        self._shifts = self._shifts.to(device)
+        return self
+
+    def get(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices (B,) -> uint8 images (B, 1, 64, 64) of 0/1."""
+        packed = self.packed[indices.to(self.packed.device)]  # (B, 64, 8)
+        bits = (packed.unsqueeze(-1) >> self._shifts) & 1  # (B, 64, 8, 8)
+        return bits.reshape(-1, 1, 64, 64)
+
+    def sample_factors(self, n: int, rng: np.random.RandomState) -> np.ndarray:
+        """(n, 5) int64 factor classes, each drawn uniformly."""
+        return np.stack([rng.randint(size, size=n) for size in self.factor_sizes], axis=1).astype(np.int64)
+
+    def images_for_factors(self, factors: np.ndarray) -> torch.Tensor:
+        """(n, 5) factor classes -> float images (n, 1, 64, 64) in [0, 1]."""
+        if not self.has_factors:
+            raise DataError("this dSprites file does not hold the full factor grid in canonical order")
+        indices = torch.from_numpy(np.asarray(factors, dtype=np.int64) @ self._strides)
+        return self.get(indices).float()
+
+
+def _is_full_grid(latents_classes: np.ndarray, sizes: tuple[int, ...]) -> bool:
+    """True when row i holds the factors of index i in row-major order (the real file's layout)."""
+    if latents_classes.shape[0] != int(np.prod(sizes)):
+        return False
+    strides = np.cumprod((1,) + sizes[::-1])[::-1][1:]
+    return bool(np.array_equal(latents_classes[:, 1:] @ strides, np.arange(latents_classes.shape[0])))
+
+
+def load_dsprites(path: Path, chunk: int = 16384) -> DSprites:
+    """Read the dSprites npz without ever holding the 2.8 GiB of uint8 images at once.
+
+    The `imgs` member is inflated straight from the zip in chunks, and each chunk
+    is bit-packed; peak memory is the packed array plus one chunk.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = set(archive.namelist())
+            missing = [k for k in DSPRITES_KEYS if f"{k}.npy" not in members]
+            if missing:
+                raise DataError(f"{path} has no {', '.join(missing)} array; it is not a dSprites file. "
+                                "Delete it to have it generated again, or download the real one.")
+            with archive.open("imgs.npy") as f:
+                packed = _read_packed_images(f, path, chunk)
+            with archive.open("latents_classes.npy") as f:
+                latents_classes = np.lib.format.read_array(f, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise DataError(f"{path} is corrupted or truncated ({err}). "
+                        "Delete it to have it generated again, or download the real file.") from err
+    if latents_classes.shape != (packed.shape[0], 6):
+        raise DataError(f"{path}: latents_classes has shape {latents_classes.shape}, "
+                        f"expected ({packed.shape[0]}, 6) to match imgs.")
+    return DSprites(torch.from_numpy(packed), latents_classes.astype(np.int64))
+
+
+def _read_packed_images(f, path: Path, chunk: int) -> np.ndarray:
+    """Stream an (N, 64, 64) uint8 .npy member into an (N, 64, 8) packed array."""
+    version = np.lib.format.read_magic(f)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in read_header:
+        raise DataError(f"{path}: unsupported .npy version {version} for imgs")
+    shape, fortran_order, dtype = read_header[version](f)
+    if len(shape) != 3 or shape[1:] != (64, 64) or dtype != np.uint8 or fortran_order:
+        raise DataError(f"{path}: imgs is {dtype} {shape}, expected uint8 (N, 64, 64) as in the real dSprites file.")
+    packed = np.empty((shape[0], 64, 8), dtype=np.uint8)
+    for start in range(0, shape[0], chunk):
+        n = min(chunk, shape[0] - start)
+        raw = f.read(n * 64 * 64)
+        if len(raw) != n * 64 * 64:
+            raise EOFError(f"imgs ends after {start + len(raw) // 4096} of {shape[0]} images")
+        packed[start : start + n] = np.packbits(np.frombuffer(raw, np.uint8).reshape(n, 64, 64), axis=-1)
+    return packed
+
+
+def ensure_dsprites(path: Path) -> None:
+    """Generate the dSprites file from its factor grid when it is not on disk."""
+    if path.exists():
+        return
+    import dsprites_gen  # imported lazily: only needed the first time
+
+    print(f"dSprites not found at {path}: generating it from the factor grid "
+          "(a one-time step; the real file from https://github.com/deepmind/dsprites-dataset can replace it).")
+    dsprites_gen.generate_dsprites(path)
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """All images under a folder, found recursively, as uint8 RGB (3, 64, 64).
+
+    Works with the official CelebA layout (`img_align_celeba/*.jpg`) and flat
+    folders alike. Files that are not readable images are skipped and counted in
+    one warning; grayscale, RGBA, palette and odd-sized images are converted.
+    """
+
+    nc = 3
+    scale = 1.0 / 255.0
+
+    def __init__(self, root: Path, image_size: int = 64):
+        if not root.is_dir():
+            raise DataError(f"no image folder at {root}")
+        candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        self.files = [p for p in candidates if _is_readable_image(p)]
+        skipped = len(candidates) - len(self.files)
+        if skipped:
+            warnings.warn(f"{root}: skipped {skipped} file(s) that are not readable images", stacklevel=2)
+        if not self.files:
+            raise DataError(f"{root} contains no readable images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        # A body that is corrupt past its header fails only here; fall back to the next image
+        # rather than kill a days-long run over one file.
+        for offset in range(len(self.files)):
+            path = self.files[(index + offset) % len(self.files)]
+            try:
+                return load_image(path, self.image_size)
+            except (OSError, UnidentifiedImageError, ValueError):
+                if offset == 0:
+                    warnings.warn(f"{path}: unreadable image, using the next one instead", stacklevel=2)
+        raise DataError("no image in the folder could be decoded")
+
+    def get(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices (B,) -> uint8 images (B, 3, 64, 64): the same call as DSprites.get."""
+        return torch.stack([self[int(i)] for i in indices])
+
+
+def _is_readable_image(path: Path) -> bool:
+    """A cheap header check: Pillow identifies the format without decoding pixels."""
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return False
+
+
+def load_image(path: Path, size: int = 64) -> torch.Tensor:
+    """Any Pillow-readable image -> uint8 RGB tensor (3, size, size)."""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+# --------------------------------------------------------------------------- loading by name
+
+
+def load_dataset(spec: DatasetSpec, dset_dir: str | Path):
+    """Return the in-memory (DSprites) or lazy (ImageFolder) dataset for a table entry."""
+    path = spec.path(dset_dir)
+    if spec.kind == "dsprites":
+        ensure_dsprites(path)
+        return load_dsprites(path)
+    if not path.is_dir():
+        raise DataError(f"{spec.name}: expected its images under {path} (found nothing there). "
+                        f"Get the data from {spec.source} and put the images in that folder, "
+                        "or point --dset_dir at the folder that contains it.")
+    return ImageFolder(path)
+
+
+# --------------------------------------------------------------------------- batch order
+
+
+class BatchOrder:
+    """Shuffled, drop-last epochs whose order is a pure function of (seed, epoch).
+
+    `indices(step)` gives the batch of step `step` (1-based, as the solver counts),
+    so resuming at any step replays the same data order without saved sampler state.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int):
+        if num_items < batch_size:
+            raise DataError(f"the dataset has {num_items} images, fewer than --batch_size {batch_size}")
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.per_epoch = num_items // batch_size
+        self._epoch, self._perm = -1, None
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, position = divmod(step - 1, self.per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.num_items, generator=generator)
+        return self._perm[position * self.batch_size : (position + 1) * self.batch_size]
+
+    def from_step(self, step: int):
+        """Iterate batches of indices for step, step + 1, ... (a DataLoader batch_sampler)."""
+        while True:
+            yield self.indices(step).tolist()
+            step += 1
+
+
+def batches(data, order: BatchOrder, start_step: int, device: torch.device, num_workers: int = 0):
+    """Yield float batches (B, C, 64, 64) in [0, 1] on `device`, starting at `start_step`.
+
+    In-memory data is gathered by index directly (no worker processes, no per-image
+    collation); folder data is decoded by DataLoader workers in the same order.
+    """
+    if isinstance(data, DSprites):
+        for step in range(start_step, 2**62):
+            yield data.get(order.indices(step)).to(device, non_blocking=True).float()
+        return
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_sampler=order.from_step(start_step),
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    for x in loader:
+        yield x.to(device, non_blocking=True).float().mul_(data.scale)

@@ -1,0 +1,41 @@
+"""Shared fixtures: small datasets written to temporary folders, and the repository paths."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))
+
+from dataset import DSPRITES_FILE  # noqa: E402
+
+
+def write_dsprites_npz(path: Path, n: int = 256, seed: int = 0) -> np.ndarray:
+    """A small dSprites-format file (random squares) for loader and training tests."""
+    rng = np.random.RandomState(seed)
+    imgs = np.zeros((n, 64, 64), np.uint8)
+    for i in range(n):
+        x, y, s = rng.randint(0, 48), rng.randint(0, 48), rng.randint(4, 16)
+        imgs[i, y : y + s, x : x + s] = 1
+    classes = np.zeros((n, 6), np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, imgs=imgs, latents_classes=classes, latents_values=classes.astype(np.float64))
+    return imgs
+
+
+@pytest.fixture
+def tiny_dsprites(tmp_path) -> Path:
+    """A --dset_dir holding a 256-image dSprites-format file."""
+    dset_dir = tmp_path / "data"
+    write_dsprites_npz(dset_dir / DSPRITES_FILE)
+    return dset_dir
+
+
+def run_args(tmp_path: Path, dset_dir: Path, *extra: str) -> list[str]:
+    """A short CPU run writing everything under tmp_path."""
+    return ["--dset_dir", str(dset_dir), "--output_dir", str(tmp_path / "outputs"),
+            "--ckpt_dir", str(tmp_path / "checkpoints"), "--viz_on", "False", "--cuda", "False",
+            "--batch_size", "16", *extra]

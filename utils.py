@@ -1,0 +1,111 @@
+"""Small helpers shared by the entry point, the solver and the scripts."""
+
+import argparse
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_TRUE = {"yes", "true", "t", "y", "1"}
+_FALSE = {"no", "false", "f", "n", "0"}
+
+
+def str2bool(value: str) -> bool:
+    """argparse type for the reference's boolean flags (`--train False`, `--viz_on no`)."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (yes/no, true/false, t/f, y/n, 1/0), got {value!r}")
+
+
+def iter_count(value: str) -> int:
+    """argparse type for iteration counts: accepts `1500`, `1e5` and `1.5e6`, returns an int."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of iterations such as 1000 or 1.5e6, got {value!r}") from None
+    if not np.isfinite(number) or number != int(number):
+        raise argparse.ArgumentTypeError(f"expected a whole number of iterations, got {value!r}")
+    return int(number)
+
+
+def positive(kind):
+    """Wrap an argparse type so that zero and negative values are rejected."""
+
+    def parse(value: str):
+        number = kind(value)
+        if not number > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {value!r}")
+        return number
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def non_negative(kind):
+    """Wrap an argparse type so that negative values are rejected."""
+
+    def parse(value: str):
+        number = kind(value)
+        if number < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative, got {value!r}")
+        return number
+
+    parse.__name__ = f"non-negative {kind.__name__}"
+    return parse
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a run touches (Python, NumPy, torch CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(want_cuda: bool) -> torch.device:
+    """The one place that chooses the device: CUDA when asked for and present, else CPU."""
+    return torch.device("cuda" if want_cuda and torch.cuda.is_available() else "cpu")
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Write a file so that readers see either the old or the complete new content.
+
+    `write(fileobj)` fills a temporary file in the same folder; it is flushed and
+    fsynced, then renamed over `path` (a rename within one filesystem is atomic).
+    On any failure the temporary file is removed and the old `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename itself; not every platform can open a folder, so it is best effort."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
