@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("--gather_step", default=1000, type=positive(iter_count), help="iterations per logged point")
     viz.add_argument("--display_step", default=10000, type=positive(iter_count), help="iterations per display")
 
+    evaluation = p.add_argument_group("evaluation")
+    evaluation.add_argument("--eval_metrics", default=False, type=str2bool,
+                            help="score the model (BetaVAE, FactorVAE, MIG, DCI, SAP and a latent report): "
+                                 "after training, or from the checkpoint with --train False")
+    evaluation.add_argument("--eval_step", default=0, type=non_negative(iter_count),
+                            help="also evaluate every N iterations during training (0: never)")
+    evaluation.add_argument("--eval_scale", default=1.0, type=positive(float),
+                            help="fraction of the published protocol's sample counts (1.0: comparable scores)")
+
     ckpt = p.add_argument_group("checkpoints")
     ckpt.add_argument("--save_step", default=10000, type=positive(iter_count), help="iterations per `last` save")
     ckpt.add_argument("--snapshot_step", default=100000, type=positive(iter_count),
@@ -107,6 +116,19 @@ def resume(args, config: dict, model, optimizer) -> tuple[int, dict | None]:
     return int(checkpoint["iter"]), checkpoint
 
 
+def make_evaluator(data, device: torch.device, run_dir: Path, seed: int, scale: float):
+    """evaluator(model, step) -> the summary scores; writes eval_<step>.json under run_dir."""
+
+    def evaluator(model, step: int) -> dict:
+        from evaluate import evaluate  # scikit-learn is only imported when scores are asked for
+
+        result = evaluate(model, data, device, step, run_dir, seed=seed, scale=scale)
+        print(f"Evaluation written to {run_dir / f'eval_{step}.json'}")
+        return result.get("summary", {})
+
+    return evaluator
+
+
 def build_solver(args: argparse.Namespace) -> Solver:
     spec = DATASETS[args.dataset]
     device = pick_device(args.cuda)
@@ -126,11 +148,13 @@ def build_solver(args: argparse.Namespace) -> Solver:
         objective=Objective(args.objective, args.beta, args.gamma, args.C_max, args.C_stop_iter),
         distribution=spec.distribution, data=data, order=BatchOrder(len(data), args.batch_size, args.seed),
         device=device,
-        schedule=Schedule(args.max_iter, args.gather_step, args.display_step, args.save_step, args.snapshot_step),
+        schedule=Schedule(args.max_iter, args.gather_step, args.display_step, args.save_step, args.snapshot_step,
+                          args.eval_step),
         logger=logger,
         outputs=OutputWriter(run_dir, data, spec.traverse_indices, device, args.seed, args.save_output),
         checkpointer=Checkpointer(Path(args.ckpt_dir) / args.viz_name, args.ckpt_name, config),
         num_workers=args.num_workers, autocast_dtype=PRECISIONS[args.precision], start_step=start_step,
+        evaluator=make_evaluator(data, device, run_dir, args.seed, args.eval_scale),
     )
     if checkpoint is not None:
         solver.load_state(checkpoint)
@@ -145,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             solver.train()
         else:
             solver.display()
-            solver.logger.close()
+        if args.eval_metrics:
+            solver.evaluate()
+        solver.logger.close()
     except Interrupted as stop:
         return 128 + stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     except (DataError, CheckpointError, NonFiniteLoss) as err:

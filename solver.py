@@ -43,6 +43,7 @@ class Schedule:
     display_step: int = 10000
     save_step: int = 10000
     snapshot_step: int = 100000
+    eval_step: int = 0  # 0: no evaluation during training
 
 
 class RunningStats:
@@ -169,11 +170,12 @@ class Solver:
     def __init__(self, model, optimizer, objective: Objective, distribution: str, data, order: BatchOrder,
                  device: torch.device, schedule: Schedule, logger: Logger, outputs: OutputWriter,
                  checkpointer: Checkpointer, num_workers: int = 0, autocast_dtype: torch.dtype | None = None,
-                 start_step: int = 0):
+                 start_step: int = 0, evaluator=None):
         self.model, self.optimizer, self.objective = model, optimizer, objective
         self.distribution, self.data, self.order, self.device = distribution, data, order, device
         self.schedule, self.logger, self.outputs, self.checkpointer = schedule, logger, outputs, checkpointer
         self.num_workers, self.autocast_dtype = num_workers, autocast_dtype
+        self.evaluator = evaluator  # callable(model, step) -> summary scores, or None
         self.step = start_step
         self.stats = RunningStats(model.z_dim, device)
         self.last_record: dict | None = None
@@ -247,6 +249,8 @@ class Solver:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if step % s.display_step == 0:
             self.display(x)
+        if s.eval_step and step % s.eval_step == 0:
+            self.evaluate()
         if step % s.save_step == 0 or step % s.snapshot_step == 0:
             self.save(snapshot=step % s.snapshot_step == 0)
 
@@ -266,7 +270,6 @@ class Solver:
             self.display(x)
         if not self.save(snapshot=True):
             raise CheckpointError(f"the final checkpoint could not be written to {self.checkpointer.folder}")
-        self.logger.close()
 
     # ------------------------------------------------------------------ periodic actions
 
@@ -295,6 +298,15 @@ class Solver:
         self.logger.flush(self.step)
         if self.outputs.save_files:
             tqdm.write(f"  pictures written to {folder}")
+
+    def evaluate(self) -> dict:
+        """Score the current model and log the scores as an `eval` record (JSONL and visdom)."""
+        self.check_finite()
+        self.model.eval()
+        scores = self.evaluator(self.model, self.step)
+        self.model.train()
+        self.logger.scalars({"iter": self.step, "eval": scores})
+        return scores
 
     def save(self, snapshot: bool = False) -> bool:
         self.check_finite()

@@ -1,0 +1,96 @@
+"""Evaluation of a trained model: the latent report and, where the data has factors, the scores.
+
+Used by `python main.py --train False --eval_metrics True` and by `--eval_step N`
+during training. Writes output_dir/viz_name/eval_<iter>.json and a readable
+eval_<iter>.txt beside it.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import metrics
+from losses import kl_divergence
+
+REPORT_IMAGES = 10_000  # images encoded for the latent report (KL and variance per latent)
+
+
+def encoder_means(model, device: torch.device, batch_size: int = 1000):
+    """The representation the scores use: images (n, C, 64, 64) -> posterior means (n, z) as numpy."""
+
+    @torch.no_grad()
+    def represent(images: torch.Tensor) -> np.ndarray:
+        codes = [model.encode(images[i : i + batch_size].to(device).float())[0].float().cpu()
+                 for i in range(0, len(images), batch_size)]
+        return torch.cat(codes).numpy()
+
+    return represent
+
+
+@torch.no_grad()
+def posterior_statistics(model, data, device: torch.device, seed: int, n: int = REPORT_IMAGES):
+    """KL and posterior variance per latent, averaged over n random images; also the means and indices."""
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(data), generator=generator)[: min(n, len(data))]
+    kld, var, mus = [], [], []
+    for chunk in indices.split(1000):
+        x = data.get(chunk).to(device).float() * data.scale
+        mu, logvar = model.encode(x)
+        kld.append(kl_divergence(mu.float(), logvar.float())[1] * len(chunk))
+        var.append(logvar.float().exp().sum(0))
+        mus.append(mu.float().cpu())
+    count = len(indices)
+    return (torch.stack(kld).sum(0).cpu().numpy() / count, torch.stack(var).sum(0).cpu().numpy() / count,
+            torch.cat(mus).numpy(), indices.numpy())
+
+
+def evaluate(model, data, device: torch.device, step: int, out_dir: Path, seed: int = 0,
+             scale: float = 1.0) -> dict:
+    """Write eval_<step>.json and eval_<step>.txt; return the whole result."""
+    model.eval()
+    kld, var, codes, indices = posterior_statistics(model, data, device, seed)
+    has_factors = getattr(data, "has_factors", False)
+    factors = data.latents_classes[indices][:, 1:] if has_factors else None
+    result = {"iter": step, "latents": metrics.latent_report(
+        kld, var, codes, factors, getattr(data, "factor_names", None))}
+    if has_factors:
+        result["scores"] = metrics.evaluate_all(data, encoder_means(model, device), seed=seed, scale=scale)
+        result["summary"] = metrics.summary_scores(result["scores"])
+    else:
+        result["note"] = ("this dataset has no ground-truth factors, so only the latent report is given; "
+                          "the disentanglement scores need factor labels (dSprites has them).")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"eval_{step}.json").write_text(json.dumps(_plain(result), indent=2))
+    (out_dir / f"eval_{step}.txt").write_text(format_result(result))
+    return result
+
+
+def format_result(result: dict) -> str:
+    """A readable table: the scores (when present), then one row per latent sorted by KL."""
+    lines = [f"Evaluation at iteration {result['iter']}", ""]
+    if "scores" in result:
+        lines += [metrics.format_table(result["scores"]), ""]
+    else:
+        lines += [f"Note: {result['note']}", ""]
+    report = result["latents"]
+    lines.append(f"{'latent':>6} {'KL':>8} {'variance':>9} {'active':>6}  best factor")
+    for i in report["order"]:
+        row = report["per_latent"][i]
+        best = row.get("best_factor") or "-"
+        lines.append(f"{'z' + str(i):>6} {row['kl']:8.3f} {row['variance']:9.4f} {str(row['active']):>6}  {best}")
+    return "\n".join(lines) + "\n"
+
+
+def _plain(value):
+    """numpy scalars and arrays -> JSON-ready Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
