@@ -19,7 +19,14 @@ from checkpoint import CheckpointError, save_checkpoint
 from dataset import BatchOrder, batches
 from loggers import Logger
 from losses import Objective, kl_divergence, reconstruction_loss
-from visualize import reconstruction_grid, save_png, save_traversal_gif, traversal_grid, traverse
+from visualize import (
+    reconstruction_grid,
+    save_labelled_png,
+    save_png,
+    save_traversal_gif,
+    traversal_grid,
+    traverse,
+)
 
 
 class NonFiniteLoss(Exception):
@@ -121,7 +128,10 @@ class OutputWriter:
         """One dataset image as float (C, 64, 64) on the device."""
         return self.data.get(torch.tensor([index])).to(self.device).float()[0] * self.data.scale
 
-    def write(self, step: int, model, x: torch.Tensor, order: list[int] | None, logger: Logger) -> Path:
+    def write(self, step: int, model, x: torch.Tensor, kld: list[float] | None, logger: Logger) -> Path:
+        """Reconstructions and one traversal per image; rows sorted by KL and labelled with it."""
+        order = kl_order(kld) if kld else list(range(model.z_dim))
+        labels = [f"z{i} KL {kld[i]:.2f}" if kld else f"z{i}" for i in order]
         folder = self.run_dir / str(step)
         grid = reconstruction_grid(model, x)
         logger.images(step, "reconstruction", grid)
@@ -135,7 +145,7 @@ class OutputWriter:
             grid = traversal_grid(rows)
             logger.images(step, f"traverse_{key}", grid)
             if self.save_files:
-                save_png(grid, folder / f"traverse_{key}.png")
+                save_labelled_png(grid, labels, folder / f"traverse_{key}.png")
                 save_traversal_gif(rows, folder / f"traverse_{key}.gif")
         return folder
 
@@ -292,8 +302,7 @@ class Solver:
         if x is None:  # --train False: reconstruct a fixed batch of the data
             x = self.data.get(self.order.indices(1)[:8]).to(self.device).float() * self.data.scale
         self.model.eval()
-        order = kl_order(record["kld"]) if record.get("kld") else None
-        folder = self.outputs.write(self.step, self.model, x, order, self.logger)
+        folder = self.outputs.write(self.step, self.model, x, record.get("kld"), self.logger)
         self.model.train()
         self.logger.flush(self.step)
         if self.outputs.save_files:

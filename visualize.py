@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 TRAVERSE_LIMIT = 3.0  # each latent is swept over [-3, 3] ...
 TRAVERSE_STEPS = 10  # ... in 10 evenly spaced values
@@ -80,6 +80,23 @@ def traverse(model, image: torch.Tensor, order: list[int] | None = None) -> torc
 def traversal_grid(rows: torch.Tensor) -> torch.Tensor:
     """rows (latents, steps, C, H, W) -> one grid (C, H', W'): a row per latent, a column per value."""
     return make_grid(rows.reshape(-1, *rows.shape[2:]), nrow=rows.shape[1])
+
+
+def save_labelled_png(grid: torch.Tensor, labels: list[str], path: Path, margin: int = 84) -> Path:
+    """Save a grid with one text label per row in a left margin (e.g. 'z3 KL 2.31').
+
+    Rows are assumed evenly spaced, as make_grid lays them out.
+    """
+    image = to_pil(grid).convert("RGB")
+    canvas = Image.new("RGB", (image.width + margin, image.height), "white")
+    canvas.paste(image, (margin, 0))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    row_height = image.height / max(len(labels), 1)
+    for row, label in enumerate(labels):
+        draw.text((4, int(row_height * (row + 0.5)) - 6), label, fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
 
 
 def save_traversal_gif(rows: torch.Tensor, path: Path) -> Path:
