@@ -71,6 +71,18 @@ class MultiLogger(Logger):
         self._each("close")
 
 
+class CurvesLogger(Logger):
+    """At the end of a run, draws metrics.jsonl as PNG training curves (plots.py) in run_dir/curves."""
+
+    def __init__(self, metrics_path: Path, out_dir: Path):
+        self.metrics_path, self.out_dir = Path(metrics_path), Path(out_dir)
+
+    def close(self) -> None:
+        from plots import save_curves  # matplotlib is imported only when the curves are drawn
+
+        save_curves(self.metrics_path, self.out_dir)
+
+
 def _finite(value):
     """JSON has no NaN/inf: write them as strings so the file stays standard JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -83,9 +95,12 @@ def _finite(value):
 
 
 def build_logger(run_dir: Path, viz_on: bool, viz_name: str, viz_server: str, viz_port: int,
-                 z_dim: int, objective: str) -> Logger:
-    """The JSONL log always; visdom too when asked for and installed."""
-    loggers: list[Logger] = [JsonlLogger(Path(run_dir) / "metrics.jsonl")]
+                 z_dim: int, objective: str, save_curves: bool = True) -> Logger:
+    """The JSONL log always; PNG curves at the end unless turned off; visdom when asked for and installed."""
+    metrics_path = Path(run_dir) / "metrics.jsonl"
+    loggers: list[Logger] = [JsonlLogger(metrics_path)]
+    if save_curves:
+        loggers.append(CurvesLogger(metrics_path, Path(run_dir) / "curves"))
     if viz_on:
         try:
             from viz_visdom import VisdomLogger

@@ -39,3 +39,13 @@ def run_args(tmp_path: Path, dset_dir: Path, *extra: str) -> list[str]:
     return ["--dset_dir", str(dset_dir), "--output_dir", str(tmp_path / "outputs"),
             "--ckpt_dir", str(tmp_path / "checkpoints"), "--viz_on", "False", "--cuda", "False",
             "--batch_size", "16", *extra]
+
+
+@pytest.fixture(scope="session")
+def full_dsprites(tmp_path_factory) -> Path:
+    """A --dset_dir with the full generated dSprites file (737,280 images), made once per test session."""
+    import dsprites_gen
+
+    dset_dir = tmp_path_factory.mktemp("full") / "data"
+    dsprites_gen.generate_dsprites(dset_dir / DSPRITES_FILE, progress=False)
+    return dset_dir
