@@ -9,6 +9,7 @@ checkpoint from a stranger cannot run code.
 
 import io
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -16,8 +17,11 @@ import torch
 from model import MODELS, BetaVAE, build_model
 from utils import atomic_write
 
-# The config entries that must agree between a checkpoint and the flags to resume it.
-ARCHITECTURE_KEYS = ("model", "z_dim", "nc", "objective")
+# The config entries that must agree between a checkpoint and the flags to resume it, as the user knows them.
+ARCHITECTURE_KEYS = {"model": "--model", "z_dim": "--z_dim", "nc": "image channels (set by --dataset)",
+                     "objective": "--objective"}
+_START_FRESH = ("To start fresh instead, pass a new --viz_name, or a --ckpt_name naming a file that does not "
+                "exist yet; the files already there are left untouched.")
 
 
 class CheckpointError(Exception):
@@ -44,19 +48,33 @@ def save_checkpoint(path: Path, step: int, model: torch.nn.Module, optimizer: to
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint onto the CPU (a GPU checkpoint opens on a CPU-only machine)."""
+    """Read a checkpoint onto the CPU (a GPU checkpoint opens on a CPU-only machine).
+
+    Raises CheckpointError, never anything else, for a file that is unsafe, damaged or not a checkpoint.
+    """
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path} was refused: it holds Python objects other than tensors and plain containers, "
-            f"which could run code when loaded ({str(err).splitlines()[0]}). Only load checkpoints you trust "
-            "with other tools; this one was not loaded."
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({err}).") from err
-    if not isinstance(checkpoint, dict) or "model_states" not in checkpoint:
-        raise CheckpointError(f"{path} is not a β-VAE checkpoint (no model_states).")
+        unsafe = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(err), re.IGNORECASE)
+        if unsafe:
+            raise CheckpointError(
+                f"{path} was refused: it asks the loader to import {unsafe.group(1)}, and code named by a file "
+                "could do anything. A β-VAE checkpoint holds only tensors and plain containers, so nothing in "
+                f"this one was loaded or run. {_START_FRESH}"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: it is damaged or not a PyTorch file. "
+                              f"{_START_FRESH}") from None
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read ({err}). {_START_FRESH}") from None
+    except Exception as err:  # torch.load fails on a damaged file in many ways (zip, pickle, storage errors)
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0]}" if str(err) else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint: it is damaged or not a PyTorch file "
+                              f"({reason}). {_START_FRESH}") from None
+    states = checkpoint.get("model_states") if isinstance(checkpoint, dict) else None
+    net = states.get("net") if isinstance(states, dict) else None
+    if not isinstance(net, dict) or not isinstance(checkpoint.get("iter"), int):
+        raise CheckpointError(f"{path} is not a β-VAE checkpoint (it lacks `iter` or `model_states.net`). "
+                              f"{_START_FRESH}")
     return checkpoint
 
 
@@ -67,11 +85,14 @@ def describe_weights(state_dict: dict) -> dict:
     """
     model = "B" if "encoder.13.weight" in state_dict else "H"
     last = "encoder.13.weight" if model == "B" else "encoder.11.weight"
-    return {
-        "model": model,
-        "z_dim": state_dict[last].shape[0] // 2,
-        "nc": state_dict["encoder.0.weight"].shape[1],
-    }
+    try:
+        return {
+            "model": model,
+            "z_dim": state_dict[last].shape[0] // 2,
+            "nc": state_dict["encoder.0.weight"].shape[1],
+        }
+    except (KeyError, AttributeError, IndexError) as err:
+        raise CheckpointError(f"the weights are not those of a β-VAE H or B model (no usable {err})") from None
 
 
 def checkpoint_architecture(checkpoint: dict) -> dict:
@@ -85,15 +106,33 @@ def checkpoint_architecture(checkpoint: dict) -> dict:
 
 def check_compatible(checkpoint: dict, config: dict, path: Path) -> None:
     """Refuse to resume a checkpoint whose architecture or objective differs from the flags."""
-    found = checkpoint_architecture(checkpoint)
-    differences = [f"{key}: checkpoint {found[key]!r}, flags {config[key]!r}"
-                   for key in ARCHITECTURE_KEYS if key in found and found[key] != config[key]]
+    try:
+        found = checkpoint_architecture(checkpoint)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path} cannot be resumed: {err}. {_START_FRESH}") from None
+    differences = [f"{flag}: the checkpoint has {found[key]!r}, the flags give {config[key]!r}"
+                   for key, flag in ARCHITECTURE_KEYS.items() if key in found and found[key] != config[key]]
     if differences:
         raise CheckpointError(
             f"{path} does not match this run ({'; '.join(differences)}). "
-            "To start fresh, pass a new --viz_name (or --ckpt_name naming a file that does not exist); "
-            "to continue that run, use the flags it was trained with."
+            "To continue that run, use the flags it was trained with. " + _START_FRESH
         )
+
+
+def restore(checkpoint: dict, path: Path, model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Load a compatible checkpoint's weights, optimizer state (when given one) and RNG states."""
+    try:
+        model.load_state_dict(checkpoint["model_states"]["net"])
+        if optimizer is not None:
+            if "optim" not in checkpoint.get("optim_states", {}):
+                raise KeyError("optim_states.optim")
+            optimizer.load_state_dict(checkpoint["optim_states"]["optim"])
+        restore_rng(checkpoint)
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path} cannot be resumed: its contents do not fit this run ({reason}). "
+                              f"{_START_FRESH}") from None
 
 
 def model_from_checkpoint(checkpoint: dict) -> BetaVAE:

@@ -8,17 +8,21 @@ function of (seed, step), so a resumed run sees exactly the batches it would
 have seen without the interruption.
 """
 
+import struct
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 DSPRITES_FILE = "dsprites-dataset/dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 DSPRITES_KEYS = ("imgs", "latents_classes")
+DSPRITES_FIX = ("Delete it to have it generated again, or put the real file from "
+                "https://github.com/deepmind/dsprites-dataset in its place.")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -109,7 +113,8 @@ class DSprites:
 
     def get(self, indices: torch.Tensor) -> torch.Tensor:
         """indices (B,) -> uint8 images (B, 1, 64, 64) of 0/1."""
-        packed = self.packed[indices.to(self.packed.device)]  # (B, 64, 8)
+        # non_blocking: a blocking host-to-GPU copy would wait for all queued GPU work, every step.
+        packed = self.packed[indices.to(self.packed.device, non_blocking=True)]  # (B, 64, 8)
         bits = (packed.unsqueeze(-1) >> self._shifts) & 1  # (B, 64, 8, 8)
         return bits.reshape(-1, 1, 64, 64)
 
@@ -145,17 +150,16 @@ def load_dsprites(path: Path, chunk: int = 16384) -> DSprites:
             missing = [k for k in DSPRITES_KEYS if f"{k}.npy" not in members]
             if missing:
                 raise DataError(f"{path} has no {', '.join(missing)} array; it is not a dSprites file. "
-                                "Delete it to have it generated again, or download the real one.")
+                                + DSPRITES_FIX)
             with archive.open("imgs.npy") as f:
                 packed = _read_packed_images(f, path, chunk)
             with archive.open("latents_classes.npy") as f:
                 latents_classes = np.lib.format.read_array(f, allow_pickle=False)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise DataError(f"{path} is corrupted or truncated ({err}). "
-                        "Delete it to have it generated again, or download the real file.") from err
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
+        raise DataError(f"{path} is corrupted or truncated ({err}). {DSPRITES_FIX}") from None
     if latents_classes.shape != (packed.shape[0], 6):
         raise DataError(f"{path}: latents_classes has shape {latents_classes.shape}, "
-                        f"expected ({packed.shape[0]}, 6) to match imgs.")
+                        f"expected ({packed.shape[0]}, 6) to match imgs. {DSPRITES_FIX}")
     return DSprites(torch.from_numpy(packed), latents_classes.astype(np.int64))
 
 
@@ -164,10 +168,11 @@ def _read_packed_images(f, path: Path, chunk: int) -> np.ndarray:
     version = np.lib.format.read_magic(f)
     read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     if version not in read_header:
-        raise DataError(f"{path}: unsupported .npy version {version} for imgs")
+        raise DataError(f"{path}: unsupported .npy version {version} for imgs. {DSPRITES_FIX}")
     shape, fortran_order, dtype = read_header[version](f)
-    if len(shape) != 3 or shape[1:] != (64, 64) or dtype != np.uint8 or fortran_order:
-        raise DataError(f"{path}: imgs is {dtype} {shape}, expected uint8 (N, 64, 64) as in the real dSprites file.")
+    if len(shape) != 3 or shape[1:] != (64, 64) or dtype != np.uint8 or fortran_order or shape[0] == 0:
+        raise DataError(f"{path}: imgs is {dtype} {shape}, expected uint8 (N, 64, 64) with N > 0 as in the real "
+                        f"dSprites file. {DSPRITES_FIX}")
     packed = np.empty((shape[0], 64, 8), dtype=np.uint8)
     for start in range(0, shape[0], chunk):
         n = min(chunk, shape[0] - start)
@@ -192,12 +197,20 @@ def ensure_dsprites(path: Path) -> None:
 # --------------------------------------------------------------------------- image folders
 
 
+# What Pillow raises for a file it cannot decode (truncated, corrupt, not an image, absurdly large).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """All images under a folder, found recursively, as uint8 RGB (3, 64, 64).
 
     Works with the official CelebA layout (`img_align_celeba/*.jpg`) and flat
-    folders alike. Files that are not readable images are skipped and counted in
-    one warning; grayscale, RGBA, palette and odd-sized images are converted.
+    folders alike; files without an image extension are ignored. Image files whose
+    header Pillow cannot read are skipped and counted in one warning; grayscale,
+    RGBA, palette and odd-sized images are converted. A file whose header is fine
+    but whose data is damaged only fails when decoded: the next image in the folder
+    takes its place (the same one every time, so runs stay reproducible), and such
+    files are reported once and then at 10, 100, 1000... per loading process.
     """
 
     nc = 3
@@ -206,33 +219,58 @@ class ImageFolder(torch.utils.data.Dataset):
     def __init__(self, root: Path, image_size: int = 64):
         if not root.is_dir():
             raise DataError(f"no image folder at {root}")
-        candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        self.files = [p for p in candidates if _is_readable_image(p)]
-        skipped = len(candidates) - len(self.files)
+        try:
+            candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        except OSError as err:
+            raise DataError(f"cannot list the images under {root} ({err}); check the folder's permissions.") from None
+        self.files, skipped = [], []
+        for p in candidates:
+            (self.files if _is_readable_image(p) else skipped).append(p)
         if skipped:
-            warnings.warn(f"{root}: skipped {skipped} file(s) that are not readable images", stacklevel=2)
+            examples = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+            warnings.warn(f"{root}: skipped {len(skipped)} file(s) that are not readable images ({examples}); "
+                          "training uses the others. Delete or replace those files to silence this.", stacklevel=2)
         if not self.files:
-            raise DataError(f"{root} contains no readable images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+            raise DataError(f"{root} contains no readable images ({', '.join(sorted(IMAGE_EXTENSIONS))}). "
+                            "Put the dataset's images there, or point --dset_dir at the folder that holds them.")
+        self.root = root
         self.image_size = image_size
+        self.undecodable: set[Path] = set()  # files found damaged past their header, in this process
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        # A body that is corrupt past its header fails only here; fall back to the next image
+        # A file damaged past its header fails only here; the next image stands in for it
         # rather than kill a days-long run over one file.
         for offset in range(len(self.files)):
             path = self.files[(index + offset) % len(self.files)]
+            if path in self.undecodable:
+                continue
             try:
                 return load_image(path, self.image_size)
-            except (OSError, UnidentifiedImageError, ValueError):
-                if offset == 0:
-                    warnings.warn(f"{path}: unreadable image, using the next one instead", stacklevel=2)
-        raise DataError("no image in the folder could be decoded")
+            except DECODE_ERRORS as err:
+                self._report_undecodable(path, err)
+        raise DataError(f"none of the {len(self.files)} images under {self.root} could be decoded: they are "
+                        "damaged or truncated. Get the data again from its source.")
+
+    def _report_undecodable(self, path: Path, err: Exception) -> None:
+        self.undecodable.add(path)
+        count = len(self.undecodable)
+        if _is_power_of_ten(count):  # 1, 10, 100...: a handful of lines however many files are damaged
+            warnings.warn(f"{self.root}: {count} image(s) could not be decoded so far, each replaced by the next "
+                          f"image in the folder (latest: {path.name}: {err}). Replace or delete damaged files; "
+                          f"the next report comes at {10 * count}.", stacklevel=3)
 
     def get(self, indices: torch.Tensor) -> torch.Tensor:
         """indices (B,) -> uint8 images (B, 3, 64, 64): the same call as DSprites.get."""
         return torch.stack([self[int(i)] for i in indices])
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
 
 
 def _is_readable_image(path: Path) -> bool:
@@ -240,12 +278,12 @@ def _is_readable_image(path: Path) -> bool:
     try:
         with Image.open(path):
             return True
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except DECODE_ERRORS:
         return False
 
 
 def load_image(path: Path, size: int = 64) -> torch.Tensor:
-    """Any Pillow-readable image -> uint8 RGB tensor (3, size, size)."""
+    """Any Pillow-readable image -> uint8 RGB tensor (3, size, size); raises one of DECODE_ERRORS if damaged."""
     with Image.open(path) as img:
         rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -316,6 +354,9 @@ def batches(data, order: BatchOrder, start_step: int, device: torch.device, num_
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        # Its own generator: starting workers would otherwise draw from the global RNG and
+        # shift the sampling noise of a resumed run.
+        generator=torch.Generator().manual_seed(order.seed),
     )
     for x in loader:
         yield x.to(device, non_blocking=True).float().mul_(data.scale)

@@ -5,6 +5,7 @@ during training. Writes output_dir/viz_name/eval_<iter>.json and a readable
 eval_<iter>.txt beside it.
 """
 
+import copy
 import json
 from pathlib import Path
 
@@ -17,16 +18,50 @@ from losses import kl_divergence
 REPORT_IMAGES = 10_000  # images encoded for the latent report (KL and variance per latent)
 
 
-def encoder_means(model, device: torch.device, batch_size: int = 1000):
-    """The representation the scores use: images (n, C, 64, 64) -> posterior means (n, z) as numpy."""
+class IndexedFactors:
+    """The dataset's ground-truth interface, handing out image *indices* instead of images.
+
+    Paired with CodeCache, each distinct image is encoded at most once: the published
+    protocol draws about 2.9 million images for the five scores, but dSprites holds only
+    737,280, so caching by index gives the same codes for a fraction of the encoder passes.
+    """
+
+    def __init__(self, data):
+        self.data = data
+        self.factor_names, self.factor_sizes = data.factor_names, data.factor_sizes
+        self._strides = np.cumprod((1,) + tuple(data.factor_sizes)[::-1])[::-1][1:].copy()
+
+    def sample_factors(self, n: int, rng: np.random.RandomState) -> np.ndarray:
+        return self.data.sample_factors(n, rng)
+
+    def images_for_factors(self, factors: np.ndarray) -> torch.Tensor:
+        """(n, F) factor classes -> (n,) dataset indices (the rows holding those factors)."""
+        return torch.from_numpy(np.asarray(factors, dtype=np.int64) @ self._strides)
+
+
+class CodeCache:
+    """The representation the scores use: dataset indices (n,) -> posterior means (n, z), numpy.
+
+    Codes are the encoder mean in fp32, computed once per distinct image and kept. The
+    encoder runs from a channels_last copy (about 1.6x faster on CPU, same fp32 arithmetic up
+    to summation order), so the training model's layout is left alone.
+    """
+
+    def __init__(self, model, data, device: torch.device, batch_size: int = 1024):
+        self.model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+        self.data, self.device, self.batch_size = data, device, batch_size
+        self.codes = torch.zeros(len(data), model.z_dim)
+        self.known = torch.zeros(len(data), dtype=torch.bool)
 
     @torch.no_grad()
-    def represent(images: torch.Tensor) -> np.ndarray:
-        codes = [model.encode(images[i : i + batch_size].to(device).float())[0].float().cpu()
-                 for i in range(0, len(images), batch_size)]
-        return torch.cat(codes).numpy()
-
-    return represent
+    def __call__(self, indices: torch.Tensor) -> np.ndarray:
+        missing = torch.unique(indices[~self.known[indices]])
+        for chunk in missing.split(self.batch_size):
+            x = self.data.get(chunk).to(self.device).float() * self.data.scale
+            x = x.contiguous(memory_format=torch.channels_last)
+            self.codes[chunk] = self.model.encode(x)[0].float().cpu()
+        self.known[missing] = True
+        return self.codes[indices].numpy()
 
 
 @torch.no_grad()
@@ -56,7 +91,8 @@ def evaluate(model, data, device: torch.device, step: int, out_dir: Path, seed: 
     result = {"iter": step, "latents": metrics.latent_report(
         kld, var, codes, factors, getattr(data, "factor_names", None))}
     if has_factors:
-        result["scores"] = metrics.evaluate_all(data, encoder_means(model, device), seed=seed, scale=scale)
+        result["scores"] = metrics.evaluate_all(IndexedFactors(data), CodeCache(model, data, device),
+                                                seed=seed, scale=scale)
         result["summary"] = metrics.summary_scores(result["scores"])
     else:
         result["note"] = ("this dataset has no ground-truth factors, so only the latent report is given; "

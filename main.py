@@ -6,12 +6,14 @@ Read on in solver.py (the loop), model.py (the networks) and losses.py (the obje
 """
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-from checkpoint import CheckpointError, check_compatible, load_checkpoint, restore_rng
+from checkpoint import CheckpointError, check_compatible, load_checkpoint, restore
 from dataset import DATASETS, BatchOrder, DataError, load_dataset
 from loggers import build_logger
 from losses import OBJECTIVES, Objective
@@ -31,8 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cuda", default=True, type=str2bool, help="use the GPU when one is available")
     run.add_argument("--max_iter", default=int(1e6), type=non_negative(iter_count), help="iterations to train")
     run.add_argument("--batch_size", default=64, type=positive(int))
-    run.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
-                     help="forward-pass precision; bf16 autocast is faster but changes numerics slightly")
+    run.add_argument("--precision", default="bf16", choices=sorted(PRECISIONS),
+                     help="forward-pass precision. bf16 (default): autocast, about 1.6-1.8x faster on GPUs and on "
+                          "CPUs with AVX512-BF16 or AMX; weights, optimizer and losses stay fp32, and loss curves "
+                          "follow fp32's within 2%%. fp32: exact reference numerics, and faster on older CPUs")
+    run.add_argument("--channels_last", default=True, type=str2bool,
+                     help="keep conv weights and batches in NHWC layout: the same arithmetic, about 1.25x faster "
+                          "on CPU")
+    run.add_argument("--compile", default=False, type=str2bool,
+                     help="torch.compile the training forward (CUDA graphs on a GPU); costs a one-off compile of "
+                          "30-90 s on CPU, where it measured no faster than channels_last")
 
     model = p.add_argument_group("model and objective")
     model.add_argument("--model", default="H", type=str.upper, choices=sorted(MODELS), help="architecture")
@@ -87,8 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Checks across or beyond the argparse types; all run before any data is read.
     if args.image_size != MODEL_IMAGE_SIZE:
         parser.error(f"--image_size {args.image_size}: the H and B models take 64×64 images; use 64")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"argument --seed: must be between 0 and 2**32 - 1 (what NumPy accepts), got {args.seed}")
+    for flag in ("beta1", "beta2"):
+        if not 0 <= getattr(args, flag) < 1:
+            parser.error(f"argument --{flag}: Adam needs 0 <= {flag} < 1, got {getattr(args, flag)}")
+    for flag in ("beta", "gamma", "C_max"):
+        if not (getattr(args, flag) >= 0 and math.isfinite(getattr(args, flag))):
+            parser.error(f"argument --{flag}: must be a number >= 0, got {getattr(args, flag)}")
+    for flag in ("viz_name", "ckpt_name"):
+        if getattr(args, flag) in ("", ".", ".."):
+            parser.error(f"argument --{flag}: must name a folder or file, got {getattr(args, flag)!r}")
     return args
 
 
@@ -100,6 +122,9 @@ def run_config(args: argparse.Namespace) -> dict:
 def resume(args, config: dict, model, optimizer) -> tuple[int, dict | None]:
     """Load ckpt_dir/viz_name/ckpt_name when it exists; say plainly what happened."""
     path = Path(args.ckpt_dir) / args.viz_name / args.ckpt_name
+    if os.path.lexists(path) and not path.exists():
+        raise CheckpointError(f"{path} is a link to a missing file; fix or remove the link, "
+                              "or pass a new --viz_name to start fresh.")
     if not path.exists():
         if not args.train:
             raise CheckpointError(f"--train False needs a checkpoint, and there is none at {path}. "
@@ -108,10 +133,7 @@ def resume(args, config: dict, model, optimizer) -> tuple[int, dict | None]:
         return 0, None
     checkpoint = load_checkpoint(path)
     check_compatible(checkpoint, config, path)
-    model.load_state_dict(checkpoint["model_states"]["net"])
-    if args.train:
-        optimizer.load_state_dict(checkpoint["optim_states"]["optim"])
-    restore_rng(checkpoint)
+    restore(checkpoint, path, model, optimizer if args.train else None)
     print(f"Resumed from {path} at iteration {checkpoint['iter']}.")
     return int(checkpoint["iter"]), checkpoint
 
@@ -138,11 +160,13 @@ def build_solver(args: argparse.Namespace) -> Solver:
     if hasattr(data, "to"):
         data = data.to(device)  # in-memory data lives where the model does: no host->device copy per batch
     model = build_model(args.model, args.z_dim, spec.nc).to(device)
+    if args.channels_last:  # NHWC weights: the convolutions then run without layout reorders
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
     start_step, checkpoint = resume(args, config, model, optimizer)
     run_dir = Path(args.output_dir) / args.viz_name
     logger = build_logger(run_dir, args.viz_on, args.viz_name, args.viz_server, args.viz_port,
-                          args.z_dim, args.objective)
+                          args.z_dim, args.objective, save_curves=args.save_output)
     solver = Solver(
         model=model, optimizer=optimizer,
         objective=Objective(args.objective, args.beta, args.gamma, args.C_max, args.C_stop_iter),
@@ -154,6 +178,7 @@ def build_solver(args: argparse.Namespace) -> Solver:
         outputs=OutputWriter(run_dir, data, spec.traverse_indices, device, args.seed, args.save_output),
         checkpointer=Checkpointer(Path(args.ckpt_dir) / args.viz_name, args.ckpt_name, config),
         num_workers=args.num_workers, autocast_dtype=PRECISIONS[args.precision], start_step=start_step,
+        compile_model=args.compile, channels_last=args.channels_last,
         evaluator=make_evaluator(data, device, run_dir, args.seed, args.eval_scale),
     )
     if checkpoint is not None:
@@ -174,8 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         solver.logger.close()
     except Interrupted as stop:
         return 128 + stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+    except KeyboardInterrupt:  # Ctrl-C before training began, or a second signal while saving
+        print("error: interrupted; the checkpoint on disk is the last one completely written.", file=sys.stderr)
+        return 130
     except (DataError, CheckpointError, NonFiniteLoss) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a file that could not be written: full disk, lost mount, permissions
+        print(f"error: {err}. Free space or fix the path, then run the same command again to resume.",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -19,6 +19,7 @@ from checkpoint import CheckpointError, save_checkpoint
 from dataset import BatchOrder, batches
 from loggers import Logger
 from losses import Objective, kl_divergence, reconstruction_loss
+from utils import remove_stale_temps
 from visualize import (
     reconstruction_grid,
     save_labelled_png,
@@ -92,26 +93,54 @@ class RunningStats:
 
 
 class Checkpointer:
-    """Saves `last` every save_step and numbered snapshots, never losing the previous file."""
+    """Saves `last` every save_step and numbered snapshots, never losing the previous file.
+
+    Every file is written atomically (utils.atomic_write), so a kill at any moment leaves the old
+    or the new checkpoint, never part of one. The temporary file of a write cut short by SIGKILL
+    is removed by the next run's first save.
+    """
 
     def __init__(self, folder: Path, name: str, config: dict):
         self.folder, self.name, self.config = Path(folder), name, config
+        self.saved_step: int | None = None  # the iteration `last` holds, once this run has written it
+        self.error: OSError | None = None  # why the latest write failed
+        self._swept = False
 
     @property
     def path(self) -> Path:
         return self.folder / self.name
 
     def save(self, step: int, model, optimizer, extra: dict, snapshot: bool = False) -> bool:
-        """Write `last` (and `<step>` when snapshot); on failure warn, keep the old file, return False."""
-        targets = [self.path] + ([self.folder / str(step)] if snapshot else [])
-        for target in targets:
-            try:
-                save_checkpoint(target, step, model, optimizer, self.config, extra)
-            except OSError as err:
-                tqdm.write(f"WARNING: could not write checkpoint {target} ({err}); "
-                           "the previous checkpoint there is intact.")
-                return False
+        """Write `last` (and `<step>` when snapshot); return whether `last` was written.
+
+        A failed write (full disk, lost mount) warns and leaves the file as it was; training goes on.
+        """
+        if not self._swept:
+            remove_stale_temps(self.folder)
+            self._swept = True
+        written = self._write(self.path, step, model, optimizer, extra)
+        if written:
+            self.saved_step = step
+        if snapshot:
+            self._write(self.folder / str(step), step, model, optimizer, extra)
+        return written
+
+    def _write(self, target: Path, step: int, model, optimizer, extra: dict) -> bool:
+        try:
+            save_checkpoint(target, step, model, optimizer, self.config, extra)
+        except OSError as err:
+            self.error = err
+            tqdm.write(f"WARNING: could not write checkpoint {target} at iteration {step} ({err}). "
+                       f"{self.describe(target)} Training goes on; the next save tries again.")
+            return False
         return True
+
+    def describe(self, target: Path | None = None) -> str:
+        """What a failed write left on disk, in words."""
+        target = target or self.path
+        if target == self.path and self.saved_step is not None:
+            return f"{target} is intact and still holds iteration {self.saved_step}."
+        return f"The checkpoint already at {target}, if any, is intact."
 
 
 class OutputWriter:
@@ -180,7 +209,7 @@ class Solver:
     def __init__(self, model, optimizer, objective: Objective, distribution: str, data, order: BatchOrder,
                  device: torch.device, schedule: Schedule, logger: Logger, outputs: OutputWriter,
                  checkpointer: Checkpointer, num_workers: int = 0, autocast_dtype: torch.dtype | None = None,
-                 start_step: int = 0, evaluator=None):
+                 start_step: int = 0, evaluator=None, compile_model: bool = False, channels_last: bool = False):
         self.model, self.optimizer, self.objective = model, optimizer, objective
         self.distribution, self.data, self.order, self.device = distribution, data, order, device
         self.schedule, self.logger, self.outputs, self.checkpointer = schedule, logger, outputs, checkpointer
@@ -189,17 +218,27 @@ class Solver:
         self.step = start_step
         self.stats = RunningStats(model.z_dim, device)
         self.last_record: dict | None = None
-        # First iteration whose loss was not finite (-1: none yet) and which term (1 recon, 2 KL).
+        # First iteration whose loss was not finite (-1: none yet) and which term (1 recon, 2 KL, 3 both).
         self.first_bad = torch.tensor([-1, 0], device=device)
+        # Speed options (main.py --channels_last, --compile). channels_last: batches in the layout
+        # the model's weights were given, so convolutions need no reordering. compile: only the
+        # training forward is compiled; self.model stays the plain module that checkpoints and
+        # pictures use. fallback_random keeps eager's random stream (the same ε for a seed, so
+        # --compile changes rounding only); on a GPU, CUDA graphs remove per-kernel launch cost.
+        self.channels_last = channels_last
+        options = {"fallback_random": True, "triton.cudagraphs": device.type == "cuda"}
+        self.forward = torch.compile(model, options=options) if compile_model else model
 
     # ------------------------------------------------------------------ the step
 
     def train_step(self, x: torch.Tensor) -> torch.Tensor:
         """One update on a batch x (B, C, 64, 64); returns the loss (scalar tensor, not synced)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else nullcontext())
         with autocast:
-            x_logits, mu, logvar = self.model(x)
+            x_logits, mu, logvar = self.forward(x)
         # Losses in fp32 whatever the forward precision: the sums over 4096 pixels need it.
         x_logits, mu, logvar = x_logits.float(), mu.float(), logvar.float()
         recon = reconstruction_loss(x, x_logits, self.distribution)
@@ -214,20 +253,32 @@ class Solver:
         return loss.detach()
 
     def _track_finite(self, recon: torch.Tensor, total_kld: torch.Tensor) -> None:
-        """Remember the first non-finite iteration on the device, without a sync every step."""
-        bad = ~(torch.isfinite(recon) & torch.isfinite(total_kld))
-        term = torch.where(torch.isfinite(recon), 2, 1)
-        first = (self.first_bad[0] < 0) & bad
+        """Remember the first non-finite iteration on the device, without a sync every step.
+
+        first_bad = [iteration, term]: term 1 reconstruction, 2 KL, 3 both.
+        """
+        term = (~torch.isfinite(recon)).long() + 2 * (~torch.isfinite(total_kld)).long()
+        first = (self.first_bad[0] < 0) & (term > 0)
         self.first_bad = torch.where(first, torch.stack([torch.tensor(self.step, device=self.device), term]),
                                      self.first_bad)
 
     def check_finite(self) -> None:
+        """Raise NonFiniteLoss if a loss term or a weight has become NaN or inf (one sync)."""
         step, term = self.first_bad.tolist()
+        kept = (f"training stopped and the last good checkpoint was kept "
+                f"({self.checkpointer.path}{self._saved_at()}). Try a lower --lr in a new run "
+                "(a resumed run keeps the learning rate saved in its checkpoint).")
         if step >= 0:
-            name = "reconstruction" if term == 1 else "KL"
-            raise NonFiniteLoss(
-                f"the {name} term of the loss became NaN or inf at iteration {step}; training stopped and "
-                f"the last good checkpoint ({self.checkpointer.path}) was kept. Try a lower --lr.")
+            name = {1: "reconstruction term", 2: "KL term", 3: "reconstruction and KL terms"}[term]
+            raise NonFiniteLoss(f"the {name} of the loss became NaN or inf at iteration {step}; {kept}")
+        weights_finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        if not weights_finite.item():
+            raise NonFiniteLoss(f"the weights became NaN or inf by iteration {self.step} "
+                                f"(every loss so far was finite); {kept}")
+
+    def _saved_at(self) -> str:
+        saved = self.checkpointer.saved_step
+        return f", iteration {saved}" if saved is not None else ""
 
     # ------------------------------------------------------------------ the loop
 
@@ -265,21 +316,33 @@ class Solver:
             self.save(snapshot=step % s.snapshot_step == 0)
 
     def _interrupt(self, signum: int) -> None:
+        name = signal.Signals(signum).name
         self.check_finite()
-        self.save()
-        tqdm.write(f"Received {signal.Signals(signum).name} at iteration {self.step}: "
-                   f"checkpoint saved to {self.checkpointer.path}.")
+        if self.save():
+            tqdm.write(f"Received {name} at iteration {self.step}: checkpoint saved to {self.checkpointer.path}.")
+        else:
+            tqdm.write(f"Received {name} at iteration {self.step}, but the checkpoint could not be written "
+                       f"({self.checkpointer.error}). {self.checkpointer.describe()}")
+        self.logger.close()
         raise Interrupted(signum)
 
     def _finish(self, x: torch.Tensor | None) -> None:
-        """End of training: the last partial interval, pictures and checkpoint, whatever the steps."""
+        """End of training: checkpoint, the last partial interval and pictures, whatever the steps.
+
+        The checkpoint is written before the final gather, so it holds the interval's running sums
+        and a run resumed from it gathers exactly the averages of a run never stopped.
+        """
         s = self.schedule
+        saved = self.save(snapshot=True) or self.checkpointer.saved_step == self.step
         if self.stats.count:
             self.gather()
         if x is not None and self.step % s.display_step != 0:
             self.display(x)
-        if not self.save(snapshot=True):
-            raise CheckpointError(f"the final checkpoint could not be written to {self.checkpointer.folder}")
+        if not saved:
+            raise CheckpointError(
+                f"the final checkpoint of iteration {self.step} could not be written ({self.checkpointer.error}). "
+                f"{self.checkpointer.describe()} Free some space and run the same command again: it resumes "
+                "from that checkpoint.")
 
     # ------------------------------------------------------------------ periodic actions
 
@@ -302,10 +365,14 @@ class Solver:
         if x is None:  # --train False: reconstruct a fixed batch of the data
             x = self.data.get(self.order.indices(1)[:8]).to(self.device).float() * self.data.scale
         self.model.eval()
-        folder = self.outputs.write(self.step, self.model, x, record.get("kld"), self.logger)
+        try:
+            folder = self.outputs.write(self.step, self.model, x, record.get("kld"), self.logger)
+        except OSError as err:  # a full disk must not cost the run: pictures are redrawn next time
+            tqdm.write(f"WARNING: could not write the pictures of iteration {self.step} ({err}); training goes on.")
+            folder = None
         self.model.train()
         self.logger.flush(self.step)
-        if self.outputs.save_files:
+        if self.outputs.save_files and folder is not None:
             tqdm.write(f"  pictures written to {folder}")
 
     def evaluate(self) -> dict:
@@ -318,6 +385,7 @@ class Solver:
         return scores
 
     def save(self, snapshot: bool = False) -> bool:
+        """Checkpoint the run, unless a loss or weight went non-finite (then the last good one stays)."""
         self.check_finite()
         extra = {"gather": self.stats.state(), "last_record": self.last_record}
         return self.checkpointer.save(self.step, self.model, self.optimizer, extra, snapshot)

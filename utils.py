@@ -1,6 +1,7 @@
 """Small helpers shared by the entry point, the solver and the scripts."""
 
 import argparse
+import math
 import os
 import random
 import tempfile
@@ -38,12 +39,12 @@ def iter_count(value: str) -> int:
 
 
 def positive(kind):
-    """Wrap an argparse type so that zero and negative values are rejected."""
+    """Wrap an argparse type so that zero, negative and non-finite values are rejected."""
 
     def parse(value: str):
         number = kind(value)
-        if not number > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {value!r}")
+        if not (number > 0 and math.isfinite(number)):
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
         return number
 
     parse.__name__ = f"positive {kind.__name__}"
@@ -51,12 +52,12 @@ def positive(kind):
 
 
 def non_negative(kind):
-    """Wrap an argparse type so that negative values are rejected."""
+    """Wrap an argparse type so that negative and non-finite values are rejected."""
 
     def parse(value: str):
         number = kind(value)
-        if number < 0:
-            raise argparse.ArgumentTypeError(f"must not be negative, got {value!r}")
+        if not (number >= 0 and math.isfinite(number)):
+            raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value!r}")
         return number
 
     parse.__name__ = f"non-negative {kind.__name__}"
@@ -95,6 +96,22 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete the temporary files that atomic_write left in `folder` when its process was killed.
+
+    A SIGKILL or power loss mid-write leaves one `.<name>.<random>.tmp` file and never a damaged
+    target. Call this only while no other process writes into `folder`; returns how many were removed.
+    """
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed += 1
+        except OSError:
+            pass  # gone already, or not ours to remove; the next sweep tries again
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:

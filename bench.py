@@ -1,0 +1,390 @@
+"""Training throughput and memory: this pipeline against the reference's, on the same machine.
+
+    python bench.py                      # dSprites B (ours and the reference pipeline), CelebA-shaped H
+    python bench.py --configs ref-B,B,B:fp32,B:compile --iters 100
+    python bench.py --quick              # a smoke test: a few iterations on small generated data
+
+Every configuration runs in its own Python process, so its peak resident memory is its own
+and one configuration's caches cannot help or hurt another. Each process trains for
+`--warmup` iterations (timed apart: it includes one-off costs such as torch.compile), then for
+`--iters` timed iterations, and reports:
+
+- it/s and images/s over the timed iterations;
+- GFLOP/s: FLOPs of one training step (forward + backward, counted by
+  torch.utils.flop_counter.FlopCounterMode) times it/s;
+- peak RSS: the process's resident high-water mark (ru_maxrss), data loading included;
+- data wait: the share of the timed wall time spent waiting for the next batch.
+
+Configurations (`NAME[:option+option...]`; options fp32, bf16, nchw, channels_last, compile
+override main.py's defaults for B and H):
+- `ref-B`: the reference pipeline (1Konny/Beta-VAE) on the same model B, batch and machine:
+  a float32 (N, 1, 64, 64) tensor of dSprites images, a DataLoader with batch_size=64,
+  shuffle=True, num_workers=2, pin_memory, drop_last=True indexing one image at a time,
+  fp32 everywhere, the reference's loss and step.
+- `B`: this pipeline on dSprites, objective and model B (main.py's build_solver and
+  Solver.train_step, bit-packed images gathered by index; main.py's defaults unless options say).
+- `H`: this pipeline on a CelebA-shaped folder (generated random 64×64 RGB JPEGs, decoded by
+  the usual DataLoader workers), objective and model H.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+import main as train_main
+from dataset import DATASETS, batches, ensure_dsprites, load_dsprites
+from losses import Objective, kl_divergence, reconstruction_loss
+from model import build_model
+
+ROOT = Path(__file__).resolve().parent
+RESULT_TAG = "BENCH_RESULT "
+BATCH = 64
+FULL_DSPRITES = 737_280
+FULL_FLOAT32_GIB = FULL_DSPRITES * 64 * 64 * 4 / 2**30  # the reference's in-memory copy: 11.25 GiB
+# Options map to main.py flags; what is not named keeps main.py's default.
+OPTIONS = {"fp32": ["--precision", "fp32"], "bf16": ["--precision", "bf16"], "nchw": ["--channels_last", "False"],
+           "channels_last": ["--channels_last", "True"], "compile": ["--compile", "True"]}
+COLUMNS = ("config", "device", "options", "it/s", "images/s", "GFLOP/step", "GFLOP/s", "peak RSS",
+           "data wait", "warm-up s", "× ref")
+
+
+@dataclass
+class Job:
+    """What one worker process measures; sent to it as JSON."""
+
+    config: str  # ref-B, B or H
+    options: list[str]
+    device: str
+    iters: int
+    warmup: int
+    dset_dir: str  # holds dsprites-dataset/... and CelebA/
+    ref_subset: int  # images in the reference's float32 tensor
+    workdir: str  # scratch space for the run's outputs and checkpoints
+    seed: int = 1
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the worker side
+
+
+def peak_rss_mib() -> float:
+    """This process's resident high-water mark (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_loop(step, warmup: int, iters: int, sync) -> dict:
+    """Run `step` (returns seconds spent waiting for data) warmup + iters times; time the last iters."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync()
+    warm = time.perf_counter() - start
+    waited = 0.0
+    start = time.perf_counter()
+    for _ in range(iters):
+        waited += step()
+    sync()
+    elapsed = time.perf_counter() - start
+    return {"it_s": iters / elapsed, "data_wait": waited / elapsed, "warmup_s": warm}
+
+
+def count_step_flops(model, x, autocast_dtype, distribution: str, objective) -> int:
+    """FLOPs of one forward + backward of `model` on x, in the given precision."""
+    enabled = autocast_dtype is not None
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=enabled):
+            x_logits, mu, logvar = model(x)
+        recon = reconstruction_loss(x, x_logits.float(), distribution)
+        total_kld, _, _ = kl_divergence(mu.float(), logvar.float())
+        objective(recon, total_kld, 1).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def run_ours(job: Job) -> dict:
+    """Train with main.py's own objects: the same data path, model preparation and train_step."""
+    dataset, model = ("dsprites", "B") if job.config == "B" else ("celeba", "H")
+    argv = ["--dataset", dataset, "--dset_dir", job.dset_dir, "--model", model, "--objective", model,
+            "--batch_size", str(BATCH), "--cuda", str(job.device == "cuda"), "--seed", str(job.seed),
+            "--viz_on", "False", "--save_output", "False", "--viz_name", "bench",
+            "--output_dir", f"{job.workdir}/outputs", "--ckpt_dir", f"{job.workdir}/checkpoints"]
+    for option in job.options:
+        argv += OPTIONS[option]
+    args = train_main.parse_args(argv)
+    solver = train_main.build_solver(args)
+    stream = batches(solver.data, solver.order, 1, solver.device, solver.num_workers)
+
+    # The body of Solver.train without its periodic actions (pictures, checkpoints), which
+    # run every thousands of iterations and are not part of the per-step cost.
+    def step() -> float:
+        start = time.perf_counter()
+        x = next(stream)
+        waited = time.perf_counter() - start
+        solver.step += 1
+        solver.train_step(x)
+        return waited
+
+    result = time_loop(step, job.warmup, job.iters, device_sync(solver.device))
+    x = next(stream)
+    result["flops"] = count_step_flops(solver.model, x, solver.autocast_dtype, solver.distribution,
+                                       solver.objective)
+    result["options"] = "+".join([args.precision] + ["channels_last"] * args.channels_last + ["compile"] * args.compile)
+    result["images"] = len(solver.data)
+    stream.close()
+    return result
+
+
+class FloatImages:
+    """The reference's CustomTensorDataset: one float32 image per __getitem__."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __getitem__(self, index):
+        return self.images[index]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def run_reference(job: Job) -> dict:
+    """The reference's pipeline and step, on our model B: float32 tensor, DataLoader, fp32."""
+    torch.manual_seed(job.seed)
+    device = torch.device(job.device)
+    packed = load_dsprites(DATASETS["dsprites"].path(job.dset_dir))
+    subset = torch.randperm(len(packed))[: job.ref_subset]
+    images = packed.get(subset).float()  # (N, 1, 64, 64) float32, as the reference holds all 737,280
+    del packed
+    loader = torch.utils.data.DataLoader(FloatImages(images), batch_size=BATCH, shuffle=True, num_workers=2,
+                                         pin_memory=device.type == "cuda",  # pinning is a no-op without a GPU
+                                         drop_last=True)
+    model = build_model("B", 10, 1).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999))
+    objective = Objective("B", gamma=1000, C_max=25, C_stop_iter=1e5)
+    batches_ = iter(loader)
+    count = [0]
+
+    def step() -> float:
+        start = time.perf_counter()
+        x = next(batches_).to(device)
+        waited = time.perf_counter() - start
+        count[0] += 1
+        x_recon, mu, logvar = model(x)
+        recon = reconstruction_loss(x, x_recon, "bernoulli")
+        total_kld, _, _ = kl_divergence(mu, logvar)
+        loss = objective(recon, total_kld, count[0])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return waited
+
+    result = time_loop(step, job.warmup, job.iters, device_sync(device))
+    result["flops"] = count_step_flops(model, next(batches_).to(device), None, "bernoulli", objective)
+    result["options"] = "fp32, DataLoader×2"
+    result["images"] = len(images)
+    return result
+
+
+def device_sync(device):
+    """A function that waits for the device's queued work (timing GPU work needs it)."""
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def worker(job: Job) -> None:
+    run = run_reference if job.config == "ref-B" else run_ours
+    result = run(job)
+    result["peak_rss_mib"] = peak_rss_mib()
+    if job.device == "cuda":
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------- the parent side
+
+
+def write_small_dsprites(path: Path, n: int, seed: int = 0) -> None:
+    """A dSprites-format file of n random squares: per-step cost does not depend on N or content."""
+    rng = np.random.RandomState(seed)
+    imgs = np.zeros((n, 64, 64), np.uint8)
+    for i in range(n):
+        x, y, s = rng.randint(0, 48, size=2).tolist() + [int(rng.randint(4, 16))]
+        imgs[i, y : y + s, x : x + s] = 1
+    classes = np.zeros((n, 6), np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, imgs=imgs, latents_classes=classes, latents_values=classes.astype(np.float64))
+
+
+def write_jpeg_folder(folder: Path, n: int, seed: int = 0) -> None:
+    """n random-noise 64×64 RGB JPEGs: CelebA's shape, and a decode cost at least as high as faces'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    for i in range(n):
+        pixels = rng.randint(0, 256, size=(64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:06d}.jpg", quality=90)
+
+
+def prepare_data(args, scratch: Path) -> tuple[str, list[str]]:
+    """A --dset_dir holding a dSprites file and a CelebA-shaped folder; returns it and table notes."""
+    dset_dir = scratch / "data"
+    dsprites = DATASETS["dsprites"].relpath
+    full = Path(args.dset_dir) / dsprites
+    if args.quick:
+        write_small_dsprites(dset_dir / dsprites, 2048)
+        notes = ["dSprites: a generated 2,048-image file (--quick); peak RSS is not the full-data figure."]
+    else:
+        ensure_dsprites(full)  # generates the file the first time, as a training run would
+        (dset_dir / dsprites).parent.mkdir(parents=True)
+        (dset_dir / dsprites).symlink_to(full.resolve())
+        notes = [f"dSprites: the full {FULL_DSPRITES:,}-image file ({full}), loaded as training loads it."]
+    write_jpeg_folder(dset_dir / "CelebA" / "img_align_celeba", 256 if args.quick else 1024)
+    notes.append("H: a folder of random 64×64 RGB JPEGs in CelebA's layout, decoded by 2 DataLoader workers.")
+    return str(dset_dir), notes
+
+
+def run_worker(job: Job) -> dict:
+    """Run one configuration in a fresh process and return its result."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(job))]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    raise RuntimeError(f"{job.config} on {job.device} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+def parse_configs(text: str) -> list[tuple[str, list[str]]]:
+    """'ref-B,B:fp32+compile' -> [('ref-B', []), ('B', ['fp32', 'compile'])] (an argparse type)."""
+    configs = []
+    for item in filter(None, text.split(",")):
+        name, _, options = item.partition(":")
+        chosen = [o for o in options.split("+") if o]
+        if name not in ("ref-B", "B", "H") or any(o not in OPTIONS for o in chosen) or (name == "ref-B" and chosen):
+            raise argparse.ArgumentTypeError(
+                f"bad config {item!r}: use ref-B, or B or H with options from {', '.join(OPTIONS)}")
+        configs.append((name, chosen))
+    return configs
+
+
+def format_row(config: str, device: str, r: dict, ref_it_s: float | None) -> list[str]:
+    gflop = r["flops"] / 1e9
+    memory = f"{r['peak_rss_mib']:,.0f} MiB"
+    if "peak_gpu_mib" in r:
+        memory += f" (GPU {r['peak_gpu_mib']:,.0f} MiB)"
+    if config.startswith("ref-"):
+        memory += " ‡"
+    ratio = f"{r['it_s'] / ref_it_s:.2f}×" if ref_it_s and config.split(":")[0] == "B" else "–"
+    return [config, device, r["options"], f"{r['it_s']:.2f}", f"{r['it_s'] * BATCH:,.0f}", f"{gflop:.2f}",
+            f"{gflop * r['it_s']:.1f}", memory, f"{100 * r['data_wait']:.1f}%", f"{r['warmup_s']:.1f}", ratio]
+
+
+def print_table(rows: list[list[str]], notes: list[str]) -> None:
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "|".join("---" for _ in COLUMNS) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print()
+    for note in notes:
+        print(f"- {note}")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {os.cpu_count()} logical CPUs{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--iters", type=int, default=60, help="timed iterations per configuration")
+    p.add_argument("--warmup", type=int, default=10, help="untimed iterations first (compilation happens here)")
+    p.add_argument("--configs", default="ref-B,B,H", type=parse_configs,
+                   help="comma-separated NAME[:option+option]; see above")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every configuration this many times, interleaved, and report the median")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: the CPU, and the GPU too when one is available")
+    p.add_argument("--dset_dir", default="data", help="where the full dSprites file is (generated when missing)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 3 iterations after 1, on small generated data")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p
+
+
+def measure(args, configs, devices: list[str], dset_dir: str, scratch: str, ref_subset: int) -> dict:
+    """{(label, device): [result per round]}; each round runs every configuration once, in order,
+    so a slow spell on a shared machine hits all of them rather than one."""
+    results: dict[tuple[str, str], list[dict]] = {}
+    for round_ in range(args.rounds):
+        for device in devices:
+            for name, options in configs:
+                label = name + (":" + "+".join(options) if options else "")
+                print(f"round {round_ + 1}/{args.rounds}: {label} on {device} ...", file=sys.stderr, flush=True)
+                job = Job(name, options, device, args.iters, args.warmup, dset_dir, ref_subset,
+                          tempfile.mkdtemp(dir=scratch))
+                results.setdefault((label, device), []).append(run_worker(job))
+    return results
+
+
+def median_round(rounds: list[dict]) -> dict:
+    """The round with the median it/s (the lower one of an even count): all its figures together."""
+    return sorted(rounds, key=lambda r: r["it_s"])[(len(rounds) - 1) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        worker(Job(**json.loads(args.worker)))
+        return 0
+    if args.quick:
+        args.iters, args.warmup = 3, 1
+    devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
+               "cpu": ["cpu"], "cuda": ["cuda"]}[args.device]
+    # One epoch of the reference's shuffled loader covers the whole run, as its 11,520-batch
+    # epochs over the full data would: no worker restarts inside the timed iterations.
+    ref_subset = max(8192, BATCH * (args.warmup + args.iters + 2))
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        dset_dir, notes = prepare_data(args, Path(scratch))
+        results = measure(args, args.configs, devices, dset_dir, scratch, ref_subset)
+    rows, ratios = [], []
+    for (label, device), rounds in results.items():
+        result = median_round(rounds)
+        ref = results.get(("ref-B", device))
+        ref_it_s = median_round(ref)["it_s"] if ref else None
+        rows.append(format_row(label, device, result, ref_it_s))
+        if ref_it_s and label.split(":")[0] == "B":
+            ratios.append(f"dSprites B on {device} ({label}: {result['options']}): "
+                          f"{result['it_s'] / ref_it_s:.2f}× the reference pipeline's it/s "
+                          f"({result['it_s']:.2f} vs {ref_it_s:.2f}).")
+    notes += [f"Batch {BATCH}; {args.iters} timed iterations after {args.warmup} of warm-up; warm-up s includes "
+              "one-off costs such as torch.compile."
+              + (f" Each row is the median-it/s round of {args.rounds}." if args.rounds > 1 else ""),
+              f"‡ ref-B held a random {ref_subset:,}-image subset as float32 (per-iteration cost does not depend on "
+              f"N); the reference's full-data float32 copy is {FULL_DSPRITES:,}×4096×4 B = {FULL_FLOAT32_GIB:.2f} GiB.",
+              f"Machine: {machine()}."]
+    print_table(rows, notes)
+    for line in ratios:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""bench.py runs end to end in its smoke-test mode and prints its table; no timing is asserted."""
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+import bench
+
+
+def test_quick_bench_prints_the_table_and_the_ratio():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--quick", "--device", "cpu"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| config"))
+    assert [cell.strip() for cell in header.strip("|").split("|")] == list(bench.COLUMNS)
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ") and line != header}
+    assert {"ref-B", "B", "H"} <= set(rows)
+    for row in rows.values():
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert len(cells) == len(bench.COLUMNS)
+        assert float(cells[3]) > 0  # it/s
+        assert cells[7].endswith(("MiB", "MiB ‡"))  # peak RSS
+    assert "× the reference pipeline's it/s" in proc.stdout
+    assert "11.25 GiB" in proc.stdout  # the reference's full-data footprint is stated
+
+
+def test_config_names_and_options_are_checked():
+    assert bench.parse_configs("ref-B,B:fp32+compile") == [("ref-B", []), ("B", ["fp32", "compile"])]
+    for bad in ("C", "B:fp16", "ref-B:bf16"):
+        with pytest.raises(argparse.ArgumentTypeError, match="bad config"):
+            bench.parse_configs(bad)
