@@ -13,6 +13,8 @@ and one configuration's caches cannot help or hurt another. Each process trains 
 - GFLOP/s: FLOPs of one training step (forward + backward, counted by
   torch.utils.flop_counter.FlopCounterMode) times it/s;
 - peak RSS: the process's resident high-water mark (ru_maxrss), data loading included;
+- page faults/it: minor page faults per timed iteration. Thousands mean the C allocator hands
+  the step's large tensors back to the OS and maps them again every step, which costs time;
 - data wait: the share of the timed wall time spent waiting for the next batch.
 
 Configurations (`NAME[:option+option...]`; options fp32, bf16, nchw, channels_last, compile
@@ -36,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +47,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import main as train_main
-from dataset import DATASETS, batches, ensure_dsprites, load_dsprites
+from dataset import DATASETS, batches, ensure_dsprites
 from losses import Objective, kl_divergence, reconstruction_loss
 from model import build_model
 
@@ -58,7 +60,7 @@ FULL_FLOAT32_GIB = FULL_DSPRITES * 64 * 64 * 4 / 2**30  # the reference's in-mem
 OPTIONS = {"fp32": ["--precision", "fp32"], "bf16": ["--precision", "bf16"], "nchw": ["--channels_last", "False"],
            "channels_last": ["--channels_last", "True"], "compile": ["--compile", "True"]}
 COLUMNS = ("config", "device", "options", "it/s", "images/s", "GFLOP/step", "GFLOP/s", "peak RSS",
-           "data wait", "warm-up s", "× ref")
+           "page faults/it", "data wait", "warm-up s", "× ref")
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Job:
     ref_subset: int  # images in the reference's float32 tensor
     workdir: str  # scratch space for the run's outputs and checkpoints
     seed: int = 1
-    notes: list[str] = field(default_factory=list)
+    threads: int = 0  # torch intra-op threads; 0: torch's default
 
 
 # --------------------------------------------------------------------------- the worker side
@@ -93,12 +95,14 @@ def time_loop(step, warmup: int, iters: int, sync) -> dict:
     sync()
     warm = time.perf_counter() - start
     waited = 0.0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     for _ in range(iters):
         waited += step()
     sync()
     elapsed = time.perf_counter() - start
-    return {"it_s": iters / elapsed, "data_wait": waited / elapsed, "warmup_s": warm}
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return {"it_s": iters / elapsed, "data_wait": waited / elapsed, "warmup_s": warm, "faults": faults / iters}
 
 
 def count_step_flops(model, x, autocast_dtype, distribution: str, objective) -> int:
@@ -142,7 +146,6 @@ def run_ours(job: Job) -> dict:
     result["flops"] = count_step_flops(solver.model, x, solver.autocast_dtype, solver.distribution,
                                        solver.objective)
     result["options"] = "+".join([args.precision] + ["channels_last"] * args.channels_last + ["compile"] * args.compile)
-    result["images"] = len(solver.data)
     stream.close()
     return result
 
@@ -164,10 +167,12 @@ def run_reference(job: Job) -> dict:
     """The reference's pipeline and step, on our model B: float32 tensor, DataLoader, fp32."""
     torch.manual_seed(job.seed)
     device = torch.device(job.device)
-    packed = load_dsprites(DATASETS["dsprites"].path(job.dset_dir))
-    subset = torch.randperm(len(packed))[: job.ref_subset]
-    images = packed.get(subset).float()  # (N, 1, 64, 64) float32, as the reference holds all 737,280
-    del packed
+    # The reference's loading code, np.load then a float32 tensor, converting only the subset: the
+    # way it reads the file also sets up the allocator its training steps then run with.
+    imgs = np.load(DATASETS["dsprites"].path(job.dset_dir), encoding="bytes")["imgs"]  # (N, 64, 64) uint8
+    subset = torch.randperm(len(imgs))[: job.ref_subset].numpy()
+    images = torch.from_numpy(imgs[subset]).unsqueeze(1).float()  # (n, 1, 64, 64) float32
+    del imgs
     loader = torch.utils.data.DataLoader(FloatImages(images), batch_size=BATCH, shuffle=True, num_workers=2,
                                          pin_memory=device.type == "cuda",  # pinning is a no-op without a GPU
                                          drop_last=True)
@@ -206,6 +211,8 @@ def device_sync(device):
 
 
 def worker(job: Job) -> None:
+    if job.threads:
+        torch.set_num_threads(job.threads)
     run = run_reference if job.config == "ref-B" else run_ours
     result = run(job)
     result["peak_rss_mib"] = peak_rss_mib()
@@ -288,7 +295,8 @@ def format_row(config: str, device: str, r: dict, ref_it_s: float | None) -> lis
         memory += " ‡"
     ratio = f"{r['it_s'] / ref_it_s:.2f}×" if ref_it_s and config.split(":")[0] == "B" else "–"
     return [config, device, r["options"], f"{r['it_s']:.2f}", f"{r['it_s'] * BATCH:,.0f}", f"{gflop:.2f}",
-            f"{gflop * r['it_s']:.1f}", memory, f"{100 * r['data_wait']:.1f}%", f"{r['warmup_s']:.1f}", ratio]
+            f"{gflop * r['it_s']:.1f}", memory, f"{r['faults']:,.0f}", f"{100 * r['data_wait']:.1f}%",
+            f"{r['warmup_s']:.1f}", ratio]
 
 
 def print_table(rows: list[list[str]], notes: list[str]) -> None:
@@ -301,7 +309,7 @@ def print_table(rows: list[list[str]], notes: list[str]) -> None:
         print(f"- {note}")
 
 
-def machine() -> str:
+def machine(threads: int) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -309,7 +317,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {os.cpu_count()} logical CPUs{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    threads = threads or torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} logical CPUs{gpu}; torch {torch.__version__}, torch threads: {threads}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: the CPU, and the GPU too when one is available")
     p.add_argument("--dset_dir", default="data", help="where the full dSprites file is (generated when missing)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads in every configuration (default: torch's choice, one per core)")
     p.add_argument("--quick", action="store_true", help="smoke test: 3 iterations after 1, on small generated data")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
@@ -339,7 +350,7 @@ def measure(args, configs, devices: list[str], dset_dir: str, scratch: str, ref_
                 label = name + (":" + "+".join(options) if options else "")
                 print(f"round {round_ + 1}/{args.rounds}: {label} on {device} ...", file=sys.stderr, flush=True)
                 job = Job(name, options, device, args.iters, args.warmup, dset_dir, ref_subset,
-                          tempfile.mkdtemp(dir=scratch))
+                          tempfile.mkdtemp(dir=scratch), threads=args.threads)
                 results.setdefault((label, device), []).append(run_worker(job))
     return results
 
@@ -349,8 +360,37 @@ def median_round(rounds: list[dict]) -> dict:
     return sorted(rounds, key=lambda r: r["it_s"])[(len(rounds) - 1) // 2]
 
 
+def report(results: dict, args, notes: list[str]) -> None:
+    """Print the table (each configuration's median round), its notes and the ratios to ref-B."""
+    rows, ratios = [], []
+    for (label, device), rounds in results.items():
+        result = median_round(rounds)
+        ref = results.get(("ref-B", device))
+        ref_it_s = median_round(ref)["it_s"] if ref else None
+        rows.append(format_row(label, device, result, ref_it_s))
+        if ref_it_s and label.split(":")[0] == "B":
+            ratios.append(f"dSprites B on {device} ({label}: {result['options']}): "
+                          f"{result['it_s'] / ref_it_s:.2f}× the reference pipeline's it/s "
+                          f"({result['it_s']:.2f} vs {ref_it_s:.2f}).")
+    notes.append(f"Batch {BATCH}; {args.iters} timed iterations after {args.warmup} of warm-up; warm-up s includes "
+                 "one-off costs such as torch.compile."
+                 + (f" Each row is the median-it/s round of {args.rounds}." if args.rounds > 1 else ""))
+    held = [r["images"] for (label, _), rounds in results.items() if label == "ref-B" for r in rounds]
+    if held:
+        notes.append(f"‡ ref-B held a random {held[0]:,}-image subset as float32 (per-iteration cost does not depend "
+                     f"on N); the reference's full-data float32 copy is {FULL_DSPRITES:,}×4096×4 B = "
+                     f"{FULL_FLOAT32_GIB:.2f} GiB.")
+    notes.append(f"Machine: {machine(args.threads)}.")
+    print_table(rows, notes)
+    for line in ratios:
+        print(line)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this torch sees no GPU")
     if args.worker:
         worker(Job(**json.loads(args.worker)))
         return 0
@@ -364,25 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         dset_dir, notes = prepare_data(args, Path(scratch))
         results = measure(args, args.configs, devices, dset_dir, scratch, ref_subset)
-    rows, ratios = [], []
-    for (label, device), rounds in results.items():
-        result = median_round(rounds)
-        ref = results.get(("ref-B", device))
-        ref_it_s = median_round(ref)["it_s"] if ref else None
-        rows.append(format_row(label, device, result, ref_it_s))
-        if ref_it_s and label.split(":")[0] == "B":
-            ratios.append(f"dSprites B on {device} ({label}: {result['options']}): "
-                          f"{result['it_s'] / ref_it_s:.2f}× the reference pipeline's it/s "
-                          f"({result['it_s']:.2f} vs {ref_it_s:.2f}).")
-    notes += [f"Batch {BATCH}; {args.iters} timed iterations after {args.warmup} of warm-up; warm-up s includes "
-              "one-off costs such as torch.compile."
-              + (f" Each row is the median-it/s round of {args.rounds}." if args.rounds > 1 else ""),
-              f"‡ ref-B held a random {ref_subset:,}-image subset as float32 (per-iteration cost does not depend on "
-              f"N); the reference's full-data float32 copy is {FULL_DSPRITES:,}×4096×4 B = {FULL_FLOAT32_GIB:.2f} GiB.",
-              f"Machine: {machine()}."]
-    print_table(rows, notes)
-    for line in ratios:
-        print(line)
+    report(results, args, notes)
     return 0
 
 

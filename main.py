@@ -34,15 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max_iter", default=int(1e6), type=non_negative(iter_count), help="iterations to train")
     run.add_argument("--batch_size", default=64, type=positive(int))
     run.add_argument("--precision", default="bf16", choices=sorted(PRECISIONS),
-                     help="forward-pass precision. bf16 (default): autocast, about 1.6-1.8x faster on GPUs and on "
-                          "CPUs with AVX512-BF16 or AMX; weights, optimizer and losses stay fp32, and loss curves "
-                          "follow fp32's within 2%%. fp32: exact reference numerics, and faster on older CPUs")
+                     help="forward-pass precision. bf16 (default): autocast; weights, optimizer state and losses "
+                          "stay fp32, and loss curves stay within 3%% of fp32's (tests/test_precision.py); the step "
+                          "measured 1.25-1.36x faster on a CPU with AVX512-BF16 (bench.py). fp32: the reference's "
+                          "numerics; prefer it on CPUs without native bf16, which emulate it")
     run.add_argument("--channels_last", default=True, type=str2bool,
-                     help="keep conv weights and batches in NHWC layout: the same arithmetic, about 1.25x faster "
-                          "on CPU")
+                     help="NHWC layout for the conv weights and batches: the same arithmetic in another order, "
+                          "1.1-1.2x faster on CPU (bench.py)")
     run.add_argument("--compile", default=False, type=str2bool,
-                     help="torch.compile the training forward (CUDA graphs on a GPU); costs a one-off compile of "
-                          "30-90 s on CPU, where it measured no faster than channels_last")
+                     help="torch.compile the training forward (with CUDA graphs on a GPU). Off by default: on CPU "
+                          "it measured no faster than the default, after a one-off compile of about 45 s")
 
     model = p.add_argument_group("model and objective")
     model.add_argument("--model", default="H", type=str.upper, choices=sorted(MODELS), help="architecture")
