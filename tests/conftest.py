@@ -49,3 +49,15 @@ def full_dsprites(tmp_path_factory) -> Path:
     dset_dir = tmp_path_factory.mktemp("full") / "data"
     dsprites_gen.generate_dsprites(dset_dir / DSPRITES_FILE, progress=False)
     return dset_dir
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real visdom server on a free localhost port (test_visdom.Server), stopped afterwards."""
+    pytest.importorskip("visdom", reason="visdom is not installed (see requirements-visdom.txt)")
+    from test_visdom import Server
+
+    srv = Server(tmp_path)
+    srv.start()
+    yield srv
+    srv.stop()

@@ -79,14 +79,6 @@ class Server:
             return visdom.Visdom(port=self.port, raise_exceptions=True, use_incoming_socket=False)
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = Server(tmp_path)
-    srv.start()
-    yield srv
-    srv.stop()
-
-
 def record(i: int) -> dict:
     """The i-th gathered record (iteration 100*i); means and variances are told apart by sign."""
     return {"iter": 100 * i, "recon_loss": 100.0 / i, "total_kld": 1.5 * i, "mean_kld": 1.5 * i / Z,

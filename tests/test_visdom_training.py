@@ -8,17 +8,9 @@ from conftest import run_args
 
 pytest.importorskip("visdom", reason="visdom is not installed (see requirements-visdom.txt)")
 
-from test_visdom import LINE_WINDOWS, Server, free_port, traces  # noqa: E402
+from test_visdom import LINE_WINDOWS, free_port, traces  # noqa: E402
 
 from main import main  # noqa: E402
-
-
-@pytest.fixture
-def server(tmp_path):
-    srv = Server(tmp_path)
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def live_args(tmp_path, dset_dir, port: int, name: str) -> list[str]:
