@@ -2,6 +2,7 @@
 
     python bench.py                      # dSprites B (ours and the reference pipeline), CelebA-shaped H
     python bench.py --configs ref-B,B,B:fp32,B:compile --iters 100
+    python bench.py --threads 1 --rounds 3   # a shared machine: one thread each, median of 3 rounds
     python bench.py --quick              # a smoke test: a few iterations on small generated data
 
 Every configuration runs in its own Python process, so its peak resident memory is its own

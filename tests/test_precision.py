@@ -4,7 +4,8 @@ bf16 autocast rounds the forward pass to 8 mantissa bits; channels_last and torc
 reorder or fuse the same arithmetic (compile keeps eager's random stream, so ε is the same).
 Each option trains ITERS iterations with the same seed, data and batch order as a plain fp32
 run, and every gathered point (the loss averaged over GATHER iterations) must stay within
-TOLERANCE of fp32's. Observed on an AMD EPYC (avx512_bf16): at most 0.3% for every option.
+TOLERANCE of fp32's. Observed on an AMD EPYC with avx512_bf16: at most 0.21% for every option.
+A cold torch.compile adds about a minute on 2 CPU cores; Inductor's cache makes later runs quick.
 """
 
 import json
@@ -19,7 +20,7 @@ from main import main
 
 ITERS = 200
 GATHER = 20
-TOLERANCE = 0.03  # relative, per gathered point: 10× the largest deviation observed
+TOLERANCE = 0.03  # relative, per gathered point: about 14× the largest deviation observed
 
 FP32 = ("--precision", "fp32", "--channels_last", "False")
 VARIANTS = {
