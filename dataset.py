@@ -122,12 +122,15 @@ class DSprites:
         """(n, 5) int64 factor classes, each drawn uniformly."""
         return np.stack([rng.randint(size, size=n) for size in self.factor_sizes], axis=1).astype(np.int64)
 
-    def images_for_factors(self, factors: np.ndarray) -> torch.Tensor:
-        """(n, 5) factor classes -> float images (n, 1, 64, 64) in [0, 1]."""
+    def indices_for_factors(self, factors: np.ndarray) -> torch.Tensor:
+        """(n, 5) factor classes -> (n,) dataset indices of the images with those factors."""
         if not self.has_factors:
             raise DataError("this dSprites file does not hold the full factor grid in canonical order")
-        indices = torch.from_numpy(np.asarray(factors, dtype=np.int64) @ self._strides)
-        return self.get(indices).float()
+        return torch.from_numpy(np.asarray(factors, dtype=np.int64) @ self._strides)
+
+    def images_for_factors(self, factors: np.ndarray) -> torch.Tensor:
+        """(n, 5) factor classes -> float images (n, 1, 64, 64) in [0, 1]."""
+        return self.get(self.indices_for_factors(factors)).float()
 
 
 def _is_full_grid(latents_classes: np.ndarray, sizes: tuple[int, ...]) -> bool:

@@ -29,14 +29,13 @@ class IndexedFactors:
     def __init__(self, data):
         self.data = data
         self.factor_names, self.factor_sizes = data.factor_names, data.factor_sizes
-        self._strides = np.cumprod((1,) + tuple(data.factor_sizes)[::-1])[::-1][1:].copy()
 
     def sample_factors(self, n: int, rng: np.random.RandomState) -> np.ndarray:
         return self.data.sample_factors(n, rng)
 
     def images_for_factors(self, factors: np.ndarray) -> torch.Tensor:
         """(n, F) factor classes -> (n,) dataset indices (the rows holding those factors)."""
-        return torch.from_numpy(np.asarray(factors, dtype=np.int64) @ self._strides)
+        return self.data.indices_for_factors(factors)
 
 
 class CodeCache:

@@ -259,7 +259,7 @@ class Solver:
         """
         term = (~torch.isfinite(recon)).long() + 2 * (~torch.isfinite(total_kld)).long()
         first = (self.first_bad[0] < 0) & (term > 0)
-        self.first_bad = torch.where(first, torch.stack([torch.tensor(self.step, device=self.device), term]),
+        self.first_bad = torch.where(first, torch.stack([torch.full((), self.step, device=self.device), term]),
                                      self.first_bad)
 
     def check_finite(self) -> None:
