@@ -35,6 +35,8 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
+import gbt
+
 
 class GroundTruth(Protocol):
     """What the metrics need from a data set with known generative factors."""
@@ -258,14 +260,21 @@ def mig(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
 # --------------------------------------------------------------------------
 # DCI
 
-DCI_ESTIMATORS = ("gbt", "hist")
+DCI_ESTIMATORS = ("gbt", "sklearn", "hist")
 
 
 def _fit_gbt(x_train, y_train, seed):
-    """disentanglement_lib's model: GradientBoostingClassifier with default
-    parameters (100 depth-3 trees, learning rate 0.1, exact splits).  The seed
-    only fixes how scikit-learn breaks exact ties between equally good splits
-    (the library leaves it unseeded).  Returns (model, importances (z,))."""
+    """disentanglement_lib's model, GradientBoostingClassifier with default
+    parameters (100 depth-3 trees, learning rate 0.1, exact splits), built by
+    gbt.py: the same trees as scikit-learn's, split for split, many times
+    faster.  The seed only fixes how exact ties between equally good splits
+    are broken (the library leaves it unseeded).  Returns (model, importances (z,))."""
+    model = gbt.fit(x_train, y_train, random_state=seed)
+    return model, np.abs(model.feature_importances_)
+
+
+def _fit_sklearn(x_train, y_train, seed):
+    """The same model fitted by scikit-learn itself: the check on gbt.py, and minutes slower."""
     model = GradientBoostingClassifier(random_state=seed).fit(x_train, y_train)
     return model, np.abs(model.feature_importances_)
 
@@ -292,7 +301,7 @@ def _fit_factor(x_train, y_train, x_test, y_test, estimator, seed):
     """Fit one factor's classifier; returns (importances (z,), train acc, test acc)."""
     if len(np.unique(y_train)) < 2:  # scikit-learn refuses one class; nothing to explain
         return np.zeros(x_train.shape[1]), 1.0, float(np.mean(y_test == y_train[0]))
-    fit = {"gbt": _fit_gbt, "hist": _fit_hist}[estimator]
+    fit = {"gbt": _fit_gbt, "sklearn": _fit_sklearn, "hist": _fit_hist}[estimator]
     model, importance = fit(x_train, y_train, seed)
     train_acc = float(np.mean(model.predict(x_train) == y_train))
     test_acc = float(np.mean(model.predict(x_test) == y_test))
@@ -363,11 +372,13 @@ def dci(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
     informativeness = mean classification accuracy (train and test).
 
     estimator='gbt' (default) is disentanglement_lib's GradientBoostingClassifier
-    with default parameters; it is only made faster (factors fitted in parallel
-    threads), not changed, except that exact ties between splits are broken in
-    a fixed, label-free way (_canonical_code_order) where the library leaves
-    them to an unseeded random feature order.  estimator='hist' is a much faster approximation
-    (see _fit_hist) whose numbers are close to but not those of the library.
+    with default parameters, built by gbt.py (the same trees as scikit-learn's
+    for the same seed; factors fitted in parallel threads); estimator='sklearn'
+    fits it with scikit-learn itself (same result, minutes slower).  Exact ties
+    between splits are broken in a fixed, label-free way (_canonical_code_order)
+    where the library leaves them to an unseeded random feature order.
+    estimator='hist' is a much faster approximation (see _fit_hist) whose
+    numbers are close to but not those of the library.
     Returns {'score': disentanglement, 'disentanglement', 'completeness',
     'informativeness_train', 'informativeness_test', 'estimator',
     'importance': (z, F) nested list, 'test_accuracy': {name: acc}}.
@@ -452,6 +463,21 @@ def sap(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
 # all together
 
 
+def _points(count: int, scale: float) -> int:
+    """A protocol point count at a reduced scale (at least 2, so every classifier sees two points)."""
+    return max(2, int(round(count * scale)))
+
+
+def images_drawn(scale: float = 1.0) -> int:
+    """How many images the five scores draw in all at this scale (with repeats): BetaVAE pairs of
+    batches of 64, FactorVAE batches of 64 plus its variance sample, then MIG, DCI and SAP.
+    At scale 1 that is about 2.9 million, four times dSprites' 737,280 images."""
+    def n(count: int) -> int:
+        return _points(count, scale)
+    return ((n(10000) + n(5000)) * 64 * 2 + n(10000) + (n(10000) + n(5000)) * 64 + n(10000)
+            + 2 * (n(10000) + n(5000)))
+
+
 def evaluate_all(gt: GroundTruth, represent: Represent, seed: int = 0, scale: float = 1.0, *,
                  dci_estimator: str = "gbt", n_jobs: int = -1, verbose: bool = False) -> dict:
     """Run the five scores, each from its own RandomState(seed) as
@@ -464,7 +490,7 @@ def evaluate_all(gt: GroundTruth, represent: Represent, seed: int = 0, scale: fl
     score as it finishes.
     """
     def n(count: int) -> int:
-        return max(2, int(round(count * scale)))
+        return _points(count, scale)
 
     jobs = {
         "beta_vae": lambda rng: beta_vae_score(gt, represent, rng, num_train=n(10000),
@@ -522,6 +548,10 @@ def format_table(result: dict) -> str:
     lines = [f"{'metric':<10} {'score':>6}  {'seconds':>7}  details"]
     for label, score, details, key in rows:
         lines.append(f"{label:<10} {score:>6.3f}  {seconds.get(key, float('nan')):>7.1f}  {details}")
+    if "encoding" in seconds:
+        lines.append(f"{'encoding':<10} {'':>6}  {seconds['encoding']:>7.1f}  every image, once, before the scores")
+    if "latent_report" in seconds:
+        lines.append(f"{'report':<10} {'':>6}  {seconds['latent_report']:>7.1f}  the latent report")
     if "total" in seconds:
         lines.append(f"{'total':<10} {'':>6}  {seconds['total']:>7.1f}")
     return "\n".join(lines)
