@@ -392,6 +392,15 @@ def _find_ties(row, xf, start, end, ties):
     return n_ties
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _keep_best(proxy, p, best, best_p, second):
+    """A candidate split's proxy at position p against the best so far (strict '>', as sklearn):
+    returns the new (best, best_p, second best)."""
+    if proxy > best:
+        return proxy, p, max(second, best)
+    return best, best_p, max(second, proxy)
+
+
 @njit(cache=True, nogil=True)
 def _scan_forward(row, xf, g, start, end, st, w, inv, gate):
     """sklearn's split search over one feature whose sum_left only ever grows
@@ -411,14 +420,8 @@ def _scan_forward(row, xf, g, start, end, st, w, inv, gate):
         if x > xprev + FEATURE_THRESHOLD:
             sr = st - sl
             if sl * sl * inv[p - start] + sr * sr * inv[end - p] >= gate:
-                wl = float(p - start)
-                proxy = sl * sl / wl + sr * sr / (w - wl)
-                if proxy > best:
-                    second = max(second, best)
-                    best = proxy
-                    best_p = p
-                else:
-                    second = max(second, proxy)
+                best, best_p, second = _keep_best(sl * sl / (p - start) + sr * sr / (w - (p - start)),
+                                                  p, best, best_p, second)
         sl += g[s]
         xprev = x
     return best, best_p, second
@@ -454,14 +457,8 @@ def _scan_exact(row, xf, g, start, end, st, w, inv, gate):
         sr = st - sl
         if sl * sl * inv[p - start] + sr * sr * inv[end - p] < gate:
             continue
-        wl = float(p - start)
-        proxy = sl * sl / wl + sr * sr / (w - wl)
-        if proxy > best:
-            second = max(second, best)
-            best = proxy
-            best_p = p
-        else:
-            second = max(second, proxy)
+        best, best_p, second = _keep_best(sl * sl / (p - start) + sr * sr / (w - (p - start)),
+                                          p, best, best_p, second)
 
 
 @njit(cache=True, nogil=True)
