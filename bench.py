@@ -51,6 +51,7 @@ import main as train_main
 from dataset import DATASETS, batches, ensure_dsprites
 from losses import Objective, kl_divergence, reconstruction_loss
 from model import build_model
+from utils import autocast
 
 ROOT = Path(__file__).resolve().parent
 RESULT_TAG = "BENCH_RESULT "
@@ -108,9 +109,8 @@ def time_loop(step, warmup: int, iters: int, sync) -> dict:
 
 def count_step_flops(model, x, autocast_dtype, distribution: str, objective) -> int:
     """FLOPs of one forward + backward of `model` on x, in the given precision."""
-    enabled = autocast_dtype is not None
     with FlopCounterMode(display=False) as counter:
-        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=enabled):
+        with autocast(x.device, autocast_dtype):
             x_logits, mu, logvar = model(x)
         recon = reconstruction_loss(x, x_logits.float(), distribution)
         total_kld, _, _ = kl_divergence(mu.float(), logvar.float())

@@ -8,7 +8,6 @@ eval_<iter>.txt beside it.
 import copy
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ import torch
 
 import metrics
 from losses import kl_divergence
-from sparse_encoder import SparseEncoder, supports
+from sparse_encoder import SparseEncoder
+from utils import autocast
 
 REPORT_IMAGES = 10_000  # images encoded for the latent report (KL and variance per latent)
 
@@ -46,22 +46,18 @@ class CodeCache:
 
     Codes are computed once per distinct image and kept. The encoder runs from a channels_last copy
     (faster on CPU, same arithmetic up to summation order), so the training model's layout is left
-    alone, and through SparseEncoder where the encoder allows: dSprites images are blank outside the
-    sprite, and the blank needs no convolving. `autocast_dtype` is the run's --precision (None: fp32).
+    alone, and through SparseEncoder: dSprites images are blank outside the sprite, and the blank
+    needs no convolving. `autocast_dtype` is the run's --precision (None: fp32).
     """
 
     def __init__(self, model, data, device: torch.device, autocast_dtype: torch.dtype | None = None,
                  batch_size: int = 2048):
         self.model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
-        self.encode = SparseEncoder(self.model) if supports(self.model) else self._dense
+        self.encode = SparseEncoder(self.model)
         self.data, self.device, self.batch_size = data, device, batch_size
         self.autocast_dtype = autocast_dtype
         self.codes = torch.zeros(len(data), model.z_dim)
         self.known = torch.zeros(len(data), dtype=torch.bool)
-
-    def _dense(self, images: torch.Tensor, scale: float) -> torch.Tensor:
-        x = (images.float() * scale).contiguous(memory_format=torch.channels_last)
-        return self.model.encode(x)[0]
 
     def fill(self) -> None:
         """Encode every image, in dataset order; for protocols that draw more images than there are.
@@ -82,11 +78,6 @@ class CodeCache:
                 images = self.data.get(chunk).to(self.device)  # (B, C, 64, 64) as stored, uint8 for dSprites
                 self.codes[chunk] = self.encode(images, self.data.scale).float().cpu()
         self.known[indices] = True
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """The forward-pass precision of --precision: autocast to dtype, or plain fp32 for None."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ Checkpointer, so training runs the same with or without visdom.
 
 import signal
 import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from checkpoint import CheckpointError, save_checkpoint
 from dataset import BatchOrder, batches
 from loggers import Logger
 from losses import Objective, kl_divergence, reconstruction_loss
-from utils import remove_stale_temps
+from utils import autocast, remove_stale_temps
 from visualize import (
     reconstruction_grid,
     save_labelled_png,
@@ -235,9 +235,7 @@ class Solver:
         """One update on a batch x (B, C, 64, 64); returns the loss (scalar tensor, not synced)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
-                    if self.autocast_dtype is not None else nullcontext())
-        with autocast:
+        with autocast(self.device, self.autocast_dtype):
             x_logits, mu, logvar = self.forward(x)
         # Losses in fp32 whatever the forward precision: the sums over 4096 pixels need it.
         x_logits, mu, logvar = x_logits.float(), mu.float(), logvar.float()

@@ -13,8 +13,8 @@ Map sizes for 64×64 input: x (B, C, 64, 64) -> h1 (B, C1, 32, 32) -> h2 (B, C2,
 -> the rest of the encoder, unchanged. h1 is never built whole: the window of h1 that the h2 window
 needs is convolved straight from the matching window of x.
 
-Both β-VAE encoders (H and B) begin with three Conv2d(k=4, s=2, p=1) + ReLU pairs; any other encoder,
-or a batch whose content reaches across most of the image, falls back to the dense encoder.
+Both β-VAE encoders (H and B) begin with three Conv2d(k=4, s=2, p=1) + ReLU pairs; another encoder is
+refused with a ValueError. A batch whose content reaches across most of the image runs densely.
 """
 
 import torch
@@ -122,10 +122,12 @@ class SparseEncoder:
         batch = images.shape[0]
         if batch == 0:
             return self._mean(self.body(self._as_input(images, scale)))
+        if images.shape[2:] != (64, 64):
+            raise ValueError(f"SparseEncoder takes 64×64 images, got {tuple(images.shape[2:])}")
         rows, cols = _content_box(images)  # input rows and columns that differ from the blank image
         rows, cols = _reach(*_reach(*rows, 32), 16), _reach(*_reach(*cols, 32), 16)  # ... and the h2 ones
         size2, top2, left2 = _window(rows, cols, 16)
-        if images.shape[2:] != (64, 64) or size2 > MAX_SPARSE_WIDTH:
+        if size2 > MAX_SPARSE_WIDTH:
             x = self._as_input(images, scale).contiguous(memory_format=torch.channels_last)
             return self._mean(self.body(x))
         h2_window = self._h2_window(images, scale, top2, left2, size2)  # (B, C2, S2, S2)

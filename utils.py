@@ -5,6 +5,7 @@ import math
 import os
 import random
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,11 @@ import torch
 
 _TRUE = {"yes", "true", "t", "y", "1"}
 _FALSE = {"no", "false", "f", "n", "0"}
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The forward-pass precision of --precision: autocast to dtype, or plain fp32 for None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def str2bool(value: str) -> bool:
