@@ -10,7 +10,7 @@ values, hence the same decision_function and predictions -- as scikit-learn
     min_impurity_decrease=0, init=None (class prior), no sample weights,
 
 on finite dense X; feature_importances_ agree to ~1e-15 (usually bit for bit).
-On DCI's 10,000 x 10 codes (factors with 3 to 40 classes) it takes ~1.4 ms per
+On DCI's 10,000 x 10 codes (factors with 3 to 40 classes) it takes ~3 ms per
 tree on one core, sklearn ~26 ms.  tests/test_gbt.py checks it against sklearn.
 
 The algorithm (Friedman's gradient boosting, as scikit-learn runs it)
@@ -45,6 +45,12 @@ of the sums -- on the order in which sklearn adds them up.  We replay:
   hold them);
 * the impurity formulas, and numpy's pairwise summation for the leaf means.
 
+Equal values only need that replay when they belong to different samples.
+Samples with equal rows and equal labels (DCI draws images with replacement,
+so a few percent repeat) have equal gradients in every tree, so any order
+among them gives the same sums and the same sorts: they form one class
+(Data.cls) and their ties are ignored.
+
 Why it is fast
 --------------
 * X never changes: each feature is argsorted once.  A node's samples sorted by
@@ -53,11 +59,15 @@ Why it is fast
   hold the best split (within rigorous rounding margins) get sklearn's exact
   scan.  The root prescan of all K trees of a stage is one pass.
 * The root's sorts are memoised (same samples, same starting order).
-* Below the root, replaying sorts of tied values is the costly part, and
-  almost never changes a decision.  The last two levels of splits therefore
-  run speculatively: ties in the presorted order, decisions certified against
-  error bounds on what the true orders could change, and redone exactly
-  (replaying the orders from a snapshot) when a decision is within the bound.
+* Replaying sorts of tied values is the costly part, and it rarely changes a
+  decision.  The last SPEC_LEVELS (3) levels of splits -- every level of
+  DCI's trees -- therefore run speculatively: ties in the presorted order,
+  decisions certified against bounds on what the true orders could change,
+  pair by pair where one margin for all is too coarse (_certify_pairs), and
+  redone exactly when a decision is within the bound, after replaying the
+  path's orders from the deepest ancestor whose order is known
+  (_restore_path).  A node's order is known when its parent's last sort had
+  no ties of unknown order, whatever the parent's own order was.
   Impurities may then be summed in another order than sklearn's: importances
   agree to ~1e-15 instead of bit for bit.
 * Numba kernels (compiled once, cached in __pycache__) that release the GIL,
@@ -239,7 +249,8 @@ def _sklearn_order(rank, canon, src, start, end, ties, n_ties, out, packed, gpos
     it by one feature.  rank (n,): each sample's rank of value in that feature
     (equal values, equal rank); canon[start:end]: the same samples sorted with
     ties in any order; ties[:n_ties]: the positions p in canon whose value
-    equals that at p - 1.  Samples with a unique value take their place in
+    equals that at p - 1, in runs that hold more than one class (_find_ties);
+    other runs keep canon's order, which is as good.  Samples with a unique value take their place in
     canon; only the order inside groups of equal values comes from the
     (partial) introsort.  tied (n,): zeros, used as scratch."""
     for j in range(n_ties):  # flag the tied ranks, note where their groups start
@@ -306,14 +317,13 @@ def _draw_features(features, const_features, n_known, state, seg, xt, start, end
 
 
 @njit(cache=True, nogil=True)
-def _prescan(row, xf, g, start, end, st, inv, ties):
+def _prescan(row, xf, cls, g, start, end, st, inv, ties):
     """Division-free pass over one feature's sorted segment row[start:end]:
     the best score a = sl*sl*inv[n_l] + sr*sr*inv[n_r] over the split
     positions (sklearn's next_p: between values more than FEATURE_THRESHOLD
     apart), which is within 4 ulp of sklearn's proxy sl*sl/n_l + sr*sr/n_r
     since sl is the same running sum.  Also where the segment holds equal
-    values (ties[:n_ties]: positions equal to the previous one; there the true
-    order is sklearn's introsort's) and whether sklearn's update() would
+    values that matter (ties[:n_ties], see _find_ties) and whether sklearn's update() would
     recompute sum_left from the right end at some position (rev).  Returns
     (best a, -1 without split positions; n_ties; rev)."""
     sl = 0.0
@@ -350,7 +360,7 @@ def _prescan(row, xf, g, start, end, st, inv, ties):
         if xf[row[p]] == xf[row[p - 1]]:
             ties[n_ties] = p
             n_ties += 1
-    return amax, n_ties, rev
+    return amax, _keep_mixed(row, cls, ties, n_ties), rev
 
 
 @njit(cache=True, nogil=True)
@@ -382,14 +392,40 @@ def _prescan_root(row, xf, gb, st, inv, sl, top):
 
 
 @njit(cache=True, nogil=True)
-def _find_ties(row, xf, start, end, ties):
-    """Positions p in row[start:end] whose value equals that at p - 1."""
+def _keep_mixed(row, cls, ties, n_ties):
+    """ties[:n_ties]: ascending positions p in row whose value equals that at
+    p - 1 (consecutive positions: one run of equal values).  Keeps the runs
+    that hold samples of more than one class cls; returns their number of
+    positions.  Samples of one class are interchangeable (see Data.cls): their
+    order inside a run changes no sum and no later sort, so only mixed runs
+    need sklearn's order."""
+    kept = i = 0
+    while i < n_ties:
+        j = i
+        while j + 1 < n_ties and ties[j + 1] == ties[j] + 1:
+            j += 1
+        c = cls[row[ties[i] - 1]]
+        mixed = False
+        for q in range(ties[i], ties[j] + 1):
+            mixed = mixed or cls[row[q]] != c
+        if mixed:
+            for q in range(i, j + 1):
+                ties[kept] = ties[q]
+                kept += 1
+        i = j + 1
+    return kept
+
+
+@njit(cache=True, nogil=True)
+def _find_ties(row, xf, cls, start, end, ties):
+    """Positions p in row[start:end] whose value equals that at p - 1, in runs
+    of equal values that mix interchangeable classes (_keep_mixed)."""
     n_ties = 0
     for p in range(start + 1, end):
         if xf[row[p]] == xf[row[p - 1]]:
             ties[n_ties] = p
             n_ties += 1
-    return n_ties
+    return _keep_mixed(row, cls, ties, n_ties)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -500,6 +536,113 @@ def _proxy_error(m, g_max, err):
 
 
 @njit(cache=True, nogil=True)
+def _proxy(sl, st, nl, w):
+    """sklearn's proxy of a split with sum_left sl, node sum st, nl of w samples on the left."""
+    sr = st - sl
+    return sl * sl / nl + sr * sr / (w - nl)
+
+
+@njit(cache=True, nogil=True)
+def _pair_ok(best, nl_w, sl_w, exact_w, u_w, proxy, nl, sl, exact_c, u_c, c_first, st, w, delta):
+    """Does the winner (proxy best) beat a candidate split (proxy) in sklearn's sums too?
+
+    exact_*: the split's sum_left is sklearn's to the bit (no tied values of
+    unknown order before it, forward scan).  Then only st can differ from
+    sklearn's, by at most delta, and it moves both proxies alike: the same
+    partition size and sum_left give the same proxy (draw order decides, as
+    here); a gap larger than what delta and rounding can change is certain;
+    else, when few floats lie within delta of st, each is tried as sklearn's
+    st.  c_first: the candidate comes first in sklearn's scan, so it would win
+    a tie.  Otherwise each proxy may be off by its u_* (see _split_node)."""
+    if not (exact_w and exact_c):
+        return best - proxy > u_w + u_c + 1e-13 * abs(best)
+    if delta == 0.0 or (nl == nl_w and sl == sl_w):  # both computed exactly as sklearn does
+        return True
+    sr_w, sr, nr_w, nr = st - sl_w, st - sl, w - nl_w, w - nl
+    slope = abs(sr_w / nr_w - sr / nr) + delta * (1.0 / nr_w + 1.0 / nr)
+    drift = delta * (2.0 * slope + delta * abs(1.0 / nr_w - 1.0 / nr))
+    if best - proxy > drift + 12.0 * EPSILON * (abs(best) + abs(proxy)):
+        return True
+    s, tries = np.nextafter(st - delta, -np.inf), 0
+    while s <= st + delta:
+        tries += 1
+        if tries > 256:  # too many floats to try
+            return False
+        pw, pc = _proxy(sl_w, s, nl_w, w), _proxy(sl, s, nl, w)
+        if pc > pw or (pc == pw and c_first):
+            return False
+        s = np.nextafter(s, np.inf)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _beats_feature(row, xf, g, start, end, st, w, inv, gate, best_p, best, nl_w, sl_w, exact_w, u_w, exact_end, u_c,
+                   same, before, delta):
+    """_pair_ok for the winner against every split of one feature that _scan
+    computes, with the same arithmetic as _scan_exact.  row[start:end]: the
+    order it was scanned in; its splits at positions below exact_end have
+    sklearn's sum_left.  same: it is the winner's feature (best_p: the
+    winner's position); before: it was drawn before the winner's."""
+    sl = 0.0
+    pos = start
+    p = start
+    while True:
+        p += 1
+        while p < end and xf[row[p]] <= xf[row[p - 1]] + FEATURE_THRESHOLD:
+            p += 1
+        if p >= end:
+            return True
+        if p - pos <= end - p:
+            for q in range(pos, p):
+                sl += g[row[q]]
+        else:
+            sl = st
+            for q in range(end - 1, p - 1, -1):
+                sl -= g[row[q]]
+        pos = p
+        sr = st - sl
+        if (same and p == best_p) or sl * sl * inv[p - start] + sr * sr * inv[end - p] < gate:
+            continue
+        nl = p - start
+        proxy = sl * sl / nl + sr * sr / (w - nl)
+        c_first = before or (same and p < best_p)
+        if not _pair_ok(best, nl_w, sl_w, exact_w, u_w, proxy, nl, sl, p < exact_end, u_c, c_first, st, w, delta):
+            return False
+
+
+@njit(cache=True, nogil=True)
+def _certify_pairs(ws, seg, xt, g, start, end, st, w, inv, gate, best, best_f, best_p, e_node, e_dup, delta):
+    """The speculative winner against each other computed split, pair by pair
+    (_pair_ok): finer than one margin for all, since an uncertain st moves
+    all proxies alike, and most near-ties are one partition found twice (by
+    two features, or from both ends).  True if the winner is certainly
+    sklearn's."""
+    nv, vis_f, vis_const, exact, n_ties, ties, rev = (ws.n_vis[0], ws.vis_f, ws.vis_const, ws.exact, ws.n_ties,
+                                                      ws.ties, ws.rev)
+    exact_end = np.empty(nv, np.int64)  # per drawn feature: splits before this position have exact sums
+    v_w = 0
+    for v in range(nv):
+        exact_end[v] = start if rev[v] else (end if n_ties[v] == 0 else ties[v, 0])
+        if vis_f[v] == best_f:
+            v_w = v
+    row = seg[best_f]
+    sl_w = 0.0
+    for q in range(start, best_p):  # the winner's sum_left, as the forward scan adds it up
+        sl_w += g[row[q]]
+    exact_w = best_p < exact_end[v_w]
+    u_w = e_node + (e_dup if n_ties[v_w] > 0 else 0.0)
+    for v in range(nv):
+        f = vis_f[v]
+        if vis_const[v] or not exact[v]:
+            continue
+        u_c = e_node + (e_dup if n_ties[v] > 0 else 0.0)
+        if not _beats_feature(seg[f], xt[f], g, start, end, st, w, inv, gate, best_p, best, best_p - start, sl_w,
+                              exact_w, u_w, exact_end[v], u_c, f == best_f, v < v_w, delta):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
 def _split_node(data, ws, seg, g, start, end, st, w, s_abs, g_max, features, const_features, n_known,
                 state, root_top, spec, e_st):
     """Best split of node samples[start:end], as sklearn's node_split_best.
@@ -554,7 +697,7 @@ def _split_node(data, ws, seg, g, start, end, st, w, s_abs, g_max, features, con
             top[v], n_ties[v], rev[v] = root_top[f], data.root_n_ties[f], data.root_rev[f]
             _copy(ties[v], data.root_ties[f], 0, n_ties[v])
         else:
-            top[v], n_ties[v], rev[v] = _prescan(seg[f], xt[f], g, start, end, st, inv, ties[v])
+            top[v], n_ties[v], rev[v] = _prescan(seg[f], xt[f], data.cls, g, start, end, st, inv, ties[v])
         any_split = any_split or top[v] >= 0.0
         e_v = e_node + (e_dup if n_ties[v] > 0 else 0.0)
         if not rev[v]:
@@ -568,7 +711,7 @@ def _split_node(data, ws, seg, g, start, end, st, w, s_abs, g_max, features, con
     needed = any_split and not spec
     for v in range(nv - 1, -1, -1):
         if vis_const[v] and (needed or (spec and v == nv - 1)):
-            n_ties[v] = _find_ties(seg[vis_f[v]], xt[vis_f[v]], start, end, ties[v])
+            n_ties[v] = _find_ties(seg[vis_f[v]], xt[vis_f[v]], data.cls, start, end, ties[v])
         dup[v] = n_ties[v] > 0
         exact[v] = not vis_const[v] and (rev[v] or top[v] + e_node + (e_dup if dup[v] else 0.0) >= gate)
         need[v] = needed or (exact[v] and dup[v] and not spec)
@@ -636,6 +779,9 @@ def _split_node(data, ws, seg, g, start, end, st, w, s_abs, g_max, features, con
     ok = True
     if spec and best_p < end and u > 0.0:  # certify: nothing else can be as good in sklearn's sums
         ok = best - second > 2.0 * u + 1e-13 * abs(best) and best - u > gate + abs(gate) * 1e-13 + u
+        if not ok and best - u > gate + abs(gate) * 1e-13 + u:
+            ok = _certify_pairs(ws, seg, xt, g, start, end, st, w, inv, gate, best, best_f, best_p, e_node, e_dup,
+                                e_st)
     if cur != -1 and best_p < end:
         _copy(samples, _order_of(cur, seg, samples, memo_orders, memo_scratch), start, end)
     exact_order = not spec or nv == 0 or not dup[nv - 1]
@@ -651,7 +797,7 @@ def _replay_order(data, ws, seg, start, end, nv, vis_f):
     ties, n_ties, need = ws.ties, ws.n_ties, ws.need
     needed = True
     for v in range(nv - 1, -1, -1):
-        n_ties[v] = _find_ties(seg[vis_f[v]], xt[vis_f[v]], start, end, ties[v]) if needed else 0
+        n_ties[v] = _find_ties(seg[vis_f[v]], xt[vis_f[v]], data.cls, start, end, ties[v]) if needed else 0
         need[v] = needed
         needed = needed and n_ties[v] > 0
     cur = -1
@@ -752,6 +898,58 @@ def _impurity_error(m, sq, s_abs, g_max, w):
     return 2.0 * _sum_error(m, sq) / w + 2.0 * g_max * e1 + e1 * e1 + 8.0 * EPSILON * (sq / w + g_max * g_max)
 
 
+# Path records: what a split node on the current path (one per depth) needs for
+# replaying its order later.  Integer fields of path_i, float fields of path_f.
+P_START, P_END, P_POS, P_FEATURE, P_NV, P_CERTAIN, P_LEFT, P_RIGHT, P_SLOT = range(9)
+F_THR, F_ST, F_SQ, F_ABS, F_MAX = range(5)
+SPEC_LEVELS = 3  # the last levels of splits run speculatively (all of them for DCI's depth 3)
+
+
+@njit(cache=True, nogil=True)
+def _segments(data, ws, depth):
+    """The sorted segments of the nodes at this depth (see Workspace.idx)."""
+    return data.order0 if depth == 0 else ws.idx[depth % SPEC_LEVELS]
+
+
+@njit(cache=True, nogil=True)
+def _restore_path(data, ws, g, depth, start, path_i, path_f, path_vis, impurity, stk, stk_imp):
+    """Put sklearn's order of the node samples[start:...] at `depth` into samples.
+
+    Its ancestors down from the deepest one whose own order is sklearn's (a) ran
+    speculatively.  From a's snapshot, replay each one's sorts and partition, as
+    sklearn did: the path's nodes and the pending right children on the way get
+    their true orders (snapshotted, flagged certain) and their true impurities.
+    Returns the node's impurity."""
+    samples = ws.samples
+    a = depth - 1
+    while path_i[a, P_CERTAIN] == 0:
+        a -= 1
+    _copy(samples, ws.snap[a % SPEC_LEVELS], path_i[a, P_START], path_i[a, P_END])
+    imp = 0.0
+    for b in range(a, depth):
+        s0, e0, pos, f = path_i[b, P_START], path_i[b, P_END], path_i[b, P_POS], path_i[b, P_FEATURE]
+        if b > a:  # its sums were taken in a speculative order
+            path_f[b, F_ST], path_f[b, F_SQ], _, _ = _node_sums(g, samples, s0, e0)
+        _replay_order(data, ws, _segments(data, ws, b), s0, e0, path_i[b, P_NV], path_vis[b])
+        _partition_final(samples, data.xt[f], s0, e0, path_f[b, F_THR])
+        il, ir = _children_impurity(g, samples, s0, pos, e0, path_f[b, F_ST], path_f[b, F_SQ])
+        if path_i[b, P_LEFT] >= 0:
+            impurity[path_i[b, P_LEFT]] = il
+        if path_i[b, P_RIGHT] >= 0:
+            impurity[path_i[b, P_RIGHT]] = ir
+        elif path_i[b, P_SLOT] >= 0:  # the right child waits on the stack
+            stk_imp[path_i[b, P_SLOT]] = ir
+            stk[path_i[b, P_SLOT], 6] = stk[path_i[b, P_SLOT], 7] = 1
+        c_start = path_i[b + 1, P_START] if b + 1 < depth else start
+        imp = il if c_start == s0 else ir
+        c_end = pos if c_start == s0 else e0
+        _copy(ws.snap[(b + 1) % SPEC_LEVELS], samples, c_start, c_end)
+        path_i[b, P_CERTAIN] = 1
+        if b + 1 < depth:
+            path_i[b + 1, P_CERTAIN] = 1
+    return imp
+
+
 @njit(cache=True, nogil=True)
 def _build_tree(data, ws, g, seed, max_depth, root_top, trees, k):
     """Fit one regression tree on g (n,) like DecisionTreeRegressor(max_depth,
@@ -762,12 +960,12 @@ def _build_tree(data, ws, g, seed, max_depth, root_top, trees, k):
     Sample orders: sklearn's order of a node's samples matters through the
     rounding of sums.  Replaying its sorts (exact mode) is costly, and its
     effect is nil unless two splits are within rounding of each other, so the
-    last two levels of splits run speculatively (see _split_node): a node at
-    depth max_depth - 2 leaves its children with a possibly wrong order, and
-    every decision taken in that order is certified with error bounds.  When
-    one is not, the node's order is replayed (from a snapshot of its parent's)
-    and the decision taken again in exact mode."""
-    xt, order0 = data.xt, data.order0
+    last SPEC_LEVELS levels of splits run speculatively (see _split_node): a
+    node may leave its children with a possibly wrong order ("uncertain"), and
+    every decision taken in such an order is certified with error bounds.
+    When one is not, the node's true order is replayed (_restore_path) and the
+    decision taken again in exact mode."""
+    xt = data.xt
     feature, threshold, left, right = trees.feature[k], trees.threshold[k], trees.left[k], trees.right[k]
     impurity, weight, value = trees.impurity[k], trees.weight[k], trees.value[k]
     samples, leaf_of, goleft, is_const = ws.samples, ws.leaf_of, ws.goleft, ws.is_const
@@ -780,19 +978,15 @@ def _build_tree(data, ws, g, seed, max_depth, root_top, trees, k):
     saved_state = 0
     for i in range(n):
         samples[i] = i
-    # The speculating node (depth max_depth - 2, at most one at a time): its
-    # range, split, drawn features, sums; the stack slot of its right child and
-    # the id of its left child; whether its order has been replayed since.
-    spec_node = -1
-    spec_range = np.zeros(4, np.int64)  # start, end, pos, feature
-    spec_thr = spec_st = spec_sq = spec_abs = spec_max = 0.0
-    spec_nv = 0
-    spec_vis = np.empty(d, np.int64)
-    spec_right_slot = spec_left_id = -1
-    # Stack of nodes to build: start, end, depth, parent, is_left, n_const, order exact; impurity.
-    stk = np.zeros((max_depth + 2, 7), np.int64)
+    # The split nodes on the current path, by depth (see P_* and F_*).
+    path_i = np.full((max_depth + 1, 9), -1, np.int64)
+    path_f = np.zeros((max_depth + 1, 5))
+    path_vis = np.empty((max_depth + 1, d), np.int64)
+    # Stack of nodes to build: start, end, depth, parent, is_left, n_const, order certain, impurity
+    # certain; impurity.  Certain: sklearn's (the order up to interchangeable samples).
+    stk = np.zeros((max_depth + 2, 8), np.int64)
     stk_imp = np.empty(max_depth + 2)
-    stk[0, 1], stk[0, 3], stk[0, 6] = n, -1, 1
+    stk[0, 1], stk[0, 3], stk[0, 6], stk[0, 7] = n, -1, 1, 1
     stk_imp[0] = np.inf
     top = 1
     node_count = 0
@@ -800,57 +994,54 @@ def _build_tree(data, ws, g, seed, max_depth, root_top, trees, k):
     while top > 0:
         top -= 1
         start, end, depth = stk[top, 0], stk[top, 1], stk[top, 2]
-        parent, is_left, n_const, certain = stk[top, 3], stk[top, 4], stk[top, 5], stk[top, 6] == 1
+        parent, is_left, n_const = stk[top, 3], stk[top, 4], stk[top, 5]
+        certain, imp_certain = stk[top, 6] == 1, stk[top, 7] == 1
         imp = stk_imp[top]
         m = end - start
         w = float(m)
-        seg = order0 if depth == 0 else ws.idx[depth % 2]
-        spec = max(1, max_depth - 2) <= depth < max_depth  # speculative first attempt
+        seg = _segments(data, ws, depth)
+        spec = max_depth - SPEC_LEVELS <= depth < max_depth  # speculative first attempt
         if spec:  # to redo the split search exactly: its draw state, the node's order
             saved_state = state[0]
             _copy(saved_features, features, 0, d)
             _copy(saved_const, const_features, 0, d)
-            _copy(ws.snap[depth % 2], samples, start, end)
+            _copy(ws.snap[depth % SPEC_LEVELS], samples, start, end)
         f = pos = n_total = -1
         thr = imp_l = imp_r = 0.0
+        st = sq = s_abs = g_max = 0.0
         children_exact = True
-        for attempt in range(2):  # a speculative attempt that fails is redone exactly
-            exact_mode = attempt == 1 or not spec
-            if attempt == 1:
+        restore = False  # the next attempt needs the true impurity, hence the parent's true order
+        # A speculative attempt that fails is redone in exact mode from the node's true order;
+        # if a decision on its impurity still is not certain, once more with the true impurity.
+        for attempt in range(3):
+            exact_mode = attempt > 0 or not spec
+            if attempt > 0:
                 state[0] = saved_state
                 _copy(features, saved_features, 0, d)
                 _copy(const_features, saved_const, 0, d)
-                if certain:
-                    _copy(samples, ws.snap[depth % 2], start, end)
-                else:  # replay the speculating parent's order; now this node's is sklearn's
-                    a, b = spec_range[0], spec_range[1]
-                    _copy(samples, ws.snap[(depth - 1) % 2], a, b)
-                    _replay_order(data, ws, ws.idx[(depth - 1) % 2], a, b, spec_nv, spec_vis)
-                    _partition_final(samples, xt[spec_range[3]], a, b, spec_thr)
-                    il, ir = _children_impurity(g, samples, a, spec_range[2], b, spec_st, spec_sq)
-                    imp = il if is_left else ir
-                    if spec_left_id >= 0:
-                        impurity[spec_left_id] = il
-                    if spec_right_slot >= 0:
-                        stk_imp[spec_right_slot] = ir
-                    spec_node = -2  # replayed: its children's orders are exact
-                    if spec_right_slot >= 0:
-                        stk[spec_right_slot, 6] = 1
-                    certain = True
+                if certain and not restore:
+                    _copy(samples, ws.snap[depth % SPEC_LEVELS], start, end)
+                else:  # replay the ancestors' orders; now this node's order and impurity are sklearn's
+                    imp = _restore_path(data, ws, g, depth, start, path_i, path_f, path_vis, impurity, stk,
+                                        stk_imp)
+                    certain = imp_certain = True
             is_leaf = depth >= max_depth or m < 2
             st, sq, s_abs, g_max = 0.0, 0.0, 0.0, 0.0
             if not is_leaf or node_count == 0:
                 st, sq, s_abs, g_max = _node_sums(g, samples, start, end)
             if node_count == 0:
                 imp = sq / w - (st / w) * (st / w)
-            if not certain and not is_leaf:  # imp came from the parent's speculative order
-                e_imp = _impurity_error(spec_range[1] - spec_range[0], spec_sq, spec_abs, spec_max, w)
-                if abs(imp - EPSILON) <= e_imp:
-                    continue
+            # Bound on the error of imp when the parent's sums were taken in a wrong order.
+            e_imp = 0.0 if imp_certain else _impurity_error(
+                path_i[depth - 1, P_END] - path_i[depth - 1, P_START], path_f[depth - 1, F_SQ],
+                path_f[depth - 1, F_ABS], path_f[depth - 1, F_MAX], w)
+            if not imp_certain and not is_leaf and abs(imp - EPSILON) <= e_imp:  # imp <= EPSILON undecided
+                restore = True
+                continue
             is_leaf = is_leaf or imp <= EPSILON
             if is_leaf:
                 break
-            e_st = 0.0 if certain else _sum_error(m, s_abs)
+            e_st = 0.0 if certain or m <= 2 else _sum_error(m, s_abs)  # a sum of two terms has one order
             f, pos, n_total, ok, children_exact = _split_node(
                 data, ws, seg, g, start, end, st, w, s_abs, g_max, features, const_features, n_const, state,
                 root_top if depth == 0 else no_root_top, not exact_mode, e_st)
@@ -866,14 +1057,15 @@ def _build_tree(data, ws, g, seed, max_depth, root_top, trees, k):
             wl = float(pos - start)
             wr = w - wl
             improvement = (w / n) * (imp - (wr / w * imp_r) - (wl / w * imp_l))
-            if not exact_mode:  # certify improvement + EPSILON < 0, min_impurity_decrease = 0
-                e_i = 0.0 if certain else _impurity_error(
-                    spec_range[1] - spec_range[0], spec_sq, spec_abs, spec_max, w)
-                e_l = 0.0 if children_exact else _impurity_error(m, sq, s_abs, g_max, wl)
-                e_r = 0.0 if children_exact else _impurity_error(m, sq, s_abs, g_max, wr)
-                bound = (w / n) * (e_i + wr / w * e_r + wl / w * e_l
+            # Certify improvement + EPSILON < 0 (min_impurity_decrease = 0) when imp or the
+            # children's impurities (their sums, in the order found) may not be sklearn's.
+            e_c = 0.0 if certain and children_exact else 1.0
+            if e_imp > 0.0 or e_c > 0.0:
+                bound = (w / n) * (e_imp + e_c * (wr / w * _impurity_error(m, sq, s_abs, g_max, wr)
+                                                  + wl / w * _impurity_error(m, sq, s_abs, g_max, wl))
                                    + 8.0 * EPSILON * (abs(imp) + abs(imp_l) + abs(imp_r)))
                 if abs(improvement + EPSILON) <= bound:
+                    restore = not imp_certain
                     continue
             is_leaf = improvement + EPSILON < 0.0
             break
@@ -884,8 +1076,7 @@ def _build_tree(data, ws, g, seed, max_depth, root_top, trees, k):
                 left[parent] = node
             else:
                 right[parent] = node
-            if parent == spec_node and is_left:
-                spec_left_id = node
+            path_i[depth - 1, P_LEFT if is_left else P_RIGHT] = node
         impurity[node] = imp
         weight[node] = w
         value[node] = st / w
@@ -905,19 +1096,23 @@ def _build_tree(data, ws, g, seed, max_depth, root_top, trees, k):
                 is_const[i] = False
             for i in range(n_total):
                 is_const[const_features[i]] = True
-            _partition_segments(seg, ws.idx[(depth + 1) % 2], start, end, pos, goleft, is_const)
-        if spec and not children_exact and depth + 2 == max_depth:  # remember how to replay its order
-            spec_node, spec_left_id, spec_right_slot = node, -1, top
-            spec_range[0], spec_range[1], spec_range[2], spec_range[3] = start, end, pos, f
-            spec_thr, spec_st, spec_sq, spec_abs, spec_max = thr, st, sq, s_abs, g_max
-            spec_nv = ws.n_vis[0]
-            _copy(spec_vis, ws.vis_f, 0, spec_nv)
+            _partition_segments(seg, _segments(data, ws, depth + 1), start, end, pos, goleft, is_const)
+        # Its record on the path, for replaying its order from a descendant.
+        rec = path_i[depth]
+        rec[P_START], rec[P_END], rec[P_POS], rec[P_FEATURE], rec[P_NV] = start, end, pos, f, ws.n_vis[0]
+        rec[P_CERTAIN], rec[P_LEFT], rec[P_RIGHT], rec[P_SLOT] = 1 if certain else 0, -1, -1, top
+        path_f[depth, F_THR], path_f[depth, F_ST], path_f[depth, F_SQ] = thr, st, sq
+        path_f[depth, F_ABS], path_f[depth, F_MAX] = s_abs, g_max
+        _copy(path_vis[depth], ws.vis_f, 0, ws.n_vis[0])
         # Push the right child, then the left one (popped first).
         stk[top, 0], stk[top, 1], stk_imp[top] = pos, end, imp_r
         stk[top + 1, 0], stk[top + 1, 1], stk_imp[top + 1] = start, pos, imp_l
         for j in range(2):
             stk[top + j, 2], stk[top + j, 3], stk[top + j, 4] = depth + 1, node, j
+            # The children's order is sklearn's when the last sort had no ties of unknown order (whatever
+            # this node's order was); their impurities also need this node's sums to be sklearn's.
             stk[top + j, 5], stk[top + j, 6] = n_total, 1 if children_exact else 0
+            stk[top + j, 7] = 1 if certain and children_exact else 0
         top += 2
     return node_count
 
@@ -1143,7 +1338,8 @@ class Data(NamedTuple):
     order0: np.ndarray  # (d, n) int32: each feature's argsort (stable)
     rank: np.ndarray  # (d, n) int32: rank of each sample's value, equal values equal rank
     inv: np.ndarray  # (n + 1,): inv[m] = 1 / m (inv[0] unused)
-    root_ties: np.ndarray  # (d, n) int32: positions in order0[f] equal to the previous one
+    cls: np.ndarray  # (n,) int32: class of interchangeable samples (equal rows of X, equal labels)
+    root_ties: np.ndarray  # (d, n) int32: _find_ties of order0[f]
     root_n_ties: np.ndarray  # (d,) their number
     root_rev: np.ndarray  # (d,) bool: _prescan's rev at the root
 
@@ -1151,9 +1347,9 @@ class Data(NamedTuple):
 class Workspace(NamedTuple):
     """Scratch arrays of one tree-building thread."""
 
-    idx: np.ndarray  # (2, d, n) int32: the nodes' sorted segments below the root, by depth parity
+    idx: np.ndarray  # (SPEC_LEVELS, d, n) int32: the nodes' sorted segments below the root, by depth mod 3
     samples: np.ndarray  # (n,) int32: sklearn's samples array
-    snap: np.ndarray  # (2, n) int32: orders before a speculative split search, by depth parity
+    snap: np.ndarray  # (SPEC_LEVELS, n) int32: orders before a speculative split search, by depth mod 3
     leaf_of: np.ndarray  # (n,) int32: each sample's leaf in the last tree
     gpos: np.ndarray  # (n,) int32: _sklearn_order's group positions
     packed: np.ndarray  # (n,) int64: _sklearn_order's keys
@@ -1188,7 +1384,8 @@ def _workspace(n, d, batch):
         return np.empty(d, np.bool_)
 
     return Workspace(
-        idx=np.empty((2, d, n), np.int32), samples=np.empty(n, np.int32), snap=np.empty((2, n), np.int32),
+        idx=np.empty((SPEC_LEVELS, d, n), np.int32), samples=np.empty(n, np.int32),
+        snap=np.empty((SPEC_LEVELS, n), np.int32),
         leaf_of=np.empty(n, np.int32), gpos=np.empty(n, np.int32), packed=np.empty(n, np.int64),
         goleft=np.zeros(n, np.uint8), tied=np.zeros(n, np.uint8), is_const=np.zeros(d, np.bool_),
         stack=np.empty(3 * 64 * 64, np.int64), n_vis=np.zeros(1, np.int64), vis_f=np.empty(d, np.int64),
@@ -1200,8 +1397,8 @@ def _workspace(n, d, batch):
         batch_sums=np.empty((2, batch)), batch_top=np.empty((d, batch)))
 
 
-def _data(x):
-    """Data for x (n, d) float32."""
+def _data(x, y):
+    """Data for x (n, d) float32 and labels y (n,)."""
     n, d = x.shape
     xt = np.ascontiguousarray(x.T)
     order0 = np.argsort(xt, axis=1, kind="stable").astype(np.int32)
@@ -1211,12 +1408,17 @@ def _data(x):
     rank = np.empty((d, n), np.int32)
     np.put_along_axis(rank, order0, ranks, axis=1)
     inv = 1.0 / np.maximum(np.arange(n + 1), 1)
+    # Samples with equal rows and labels have equal gradients in every tree (same leaves, same
+    # loss), so any order among them gives the same sums and the same sorts: one class.
+    rows = np.concatenate([x.view(np.int32), y.astype(np.int64)[:, None].astype(np.int32)], axis=1)
+    cls = np.unique(rows, axis=0, return_inverse=True)[1].reshape(n).astype(np.int32)
     root_ties = np.empty((d, n), np.int32)
     root_n_ties = np.zeros(d, np.int64)
     root_rev = np.zeros(d, np.bool_)
     for f in range(d):  # ties and rev depend on X only
-        _, root_n_ties[f], root_rev[f] = _prescan(order0[f], xt[f], np.zeros(n), 0, n, 0.0, inv, root_ties[f])
-    return Data(xt, order0, rank, inv, root_ties, root_n_ties, root_rev)
+        _, root_n_ties[f], root_rev[f] = _prescan(order0[f], xt[f], cls, np.zeros(n), 0, n, 0.0, inv,
+                                                        root_ties[f])
+    return Data(xt, order0, rank, inv, cls, root_ties, root_n_ties, root_rev)
 
 
 def fit(x, y, *, n_estimators: int = 100, learning_rate: float = 0.1, max_depth: int = 3,
@@ -1256,7 +1458,7 @@ def fit(x, y, *, n_estimators: int = 100, learning_rate: float = 0.1, max_depth:
     # Splitter.init draws one seed per tree, in fitting order.
     seeds = np.array([[rng.randint(0, RAND_R_MAX) for _ in range(K)] for _ in range(n_estimators)])
 
-    data = _data(x)
+    data = _data(x, y_enc)
     shape = (n_estimators, K, 2 ** (max_depth + 1) - 1)  # max_nodes: a full binary tree
     trees = Trees(np.zeros(shape, np.int64), np.zeros(shape), np.full(shape, TREE_LEAF, np.int64),
                   np.full(shape, TREE_LEAF, np.int64), np.zeros(shape), np.zeros(shape), np.zeros(shape))

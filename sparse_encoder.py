@@ -61,19 +61,36 @@ def _flat_windows(top: torch.Tensor, left: torch.Tensor, size: int, height: int,
     return (image[:, None, None] + rows + cols).reshape(-1)
 
 
+def _occupied(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, C, H, W) -> which rows (B, H) and columns (B, W) hold a non-zero pixel (any channel).
+    uint8 images (the data as stored) are read 8 pixels per int64 word, several times faster than
+    reducing bytes; columns come from OR-ing all rows together."""
+    magnitude = x if x.dtype in (torch.uint8, torch.bool) else x.abs()
+    magnitude = magnitude[:, 0] if x.shape[1] == 1 else magnitude.amax(dim=1)  # (B, H, W)
+    batch, height, width = magnitude.shape
+    if magnitude.dtype != torch.uint8 or width % 8 != 0:
+        return magnitude.amax(2) != 0, magnitude.amax(1) != 0
+    words = magnitude.contiguous().view(torch.int64).view(batch, height, width // 8)
+    merged = words
+    while merged.shape[1] > 1:  # OR of all rows, by halves
+        half = merged.shape[1] // 2
+        folded = merged[:, :half] | merged[:, half:2 * half]
+        merged = folded if merged.shape[1] % 2 == 0 else torch.cat([folded, merged[:, 2 * half:]], dim=1)
+    columns = merged.reshape(batch, width // 8).view(torch.uint8)  # (B, W): OR over rows, per pixel
+    return words.ne(0).any(2), columns.ne(0)
+
+
 def _content_box(x: torch.Tensor) -> tuple[tuple, tuple]:
     """x (B, C, H, W) -> ((top, bottom), (left, right)) of its non-zero pixels, each (B,), inclusive.
     A blank image gets the box (0, 0): it differs from the blank map nowhere, so any window is right."""
-    magnitude = x if x.dtype in (torch.uint8, torch.bool) else x.abs()
-    magnitude = magnitude.amax(dim=1)  # (B, H, W), over channels
-
     def extent(occupied):  # (B, L) bool
         positions = torch.arange(occupied.shape[1], device=x.device)
         first = torch.where(occupied, positions, occupied.shape[1]).amin(1)
         last = torch.where(occupied, positions, -1).amax(1)
         blank = first > last
         return first.masked_fill(blank, 0), last.masked_fill(blank, 0)
-    return extent(magnitude.amax(2) != 0), extent(magnitude.amax(1) != 0)
+    rows, columns = _occupied(x)
+    return extent(rows), extent(columns)
 
 
 def _crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, side: int) -> torch.Tensor:
@@ -132,13 +149,15 @@ class SparseEncoder:
             return self._mean(self.body(x))
         h2_window = self._h2_window(images, scale, top2, left2, size2)  # (B, C2, S2, S2)
         blank2, blank3 = self._blank_maps(h2_window)
-        h2 = blank2.repeat(batch, 1, 1).view(-1, blank2.shape[2])  # (B·18·18, C2)
-        h2.index_copy_(0, _flat_windows(top2 + 1, left2 + 1, size2, 18, 18),
-                       h2_window.permute(0, 2, 3, 1).reshape(-1, blank2.shape[2]))
 
+        # conv3's input: the part of h2 (with its zero ring) that its output window reads, side×side per
+        # image: the blank map there, with the h2 window pasted in (the region always contains it).
         size3, top3, left3 = _window(_reach(top2, top2 + size2 - 1, 8), _reach(left2, left2 + size2 - 1, 8), 8)
         side = 2 * size3 + 2  # h2 rows 2·top3-1 .. feed h3 rows top3 ..; +1 for the zero ring
-        h3_input = h2.index_select(0, _flat_windows(2 * top3, 2 * left3, side, 18, 18))
+        region = _flat_windows(2 * top3, 2 * left3, side, 18, 18) % (18 * 18)  # (B·side²,) into blank2
+        h3_input = blank2.view(-1, blank2.shape[2]).index_select(0, region)  # (B·side·side, C2)
+        h3_input.index_copy_(0, _flat_windows(top2 + 1 - 2 * top3, left2 + 1 - 2 * left3, size2, side, side),
+                             h2_window.permute(0, 2, 3, 1).reshape(-1, blank2.shape[2]))
         h3_input = h3_input.view(batch, side, side, -1).permute(0, 3, 1, 2)  # (B, C2, side, side)
         h3_window = F.conv2d(h3_input, self.conv3.weight, self.conv3.bias, stride=2).relu_()  # (B, C3, S3, S3)
         h3 = blank3.repeat(batch, 1, 1).view(-1, blank3.shape[2])  # (B·8·8, C3)

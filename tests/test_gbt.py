@@ -93,6 +93,51 @@ def test_matches_sklearn_on_float32_codes():
     _assert_same_model(ours, ref, codes, codes[::-1] + np.float32(1e-3), importance_rtol=1e-12)
 
 
+def test_matches_sklearn_with_repeated_samples():
+    """DCI's codes of images drawn with replacement: repeated rows (interchangeable samples, whose
+    order gbt need not replay), equal rows with different labels (symmetric sprites), and equal
+    values across different rows in a few columns (ties whose order sklearn's sorts decide)."""
+    rng = np.random.RandomState(12)
+    factors = rng.randint(6, size=(1200, 2))
+    pool = np.concatenate([factors / 6 + 0.02 * rng.randn(1200, 2), rng.randn(1200, 3)], axis=1)
+    pool[:, 4] = np.round(pool[:, 4], 1)  # an uninformative column with many equal values
+    pool = pool.astype(np.float32)
+    draw = rng.randint(1200, size=3000)  # about 700 repeats, as when sampling images
+    codes, y = pool[draw], factors[draw, 0]
+    codes[1::50] = codes[::50][: len(codes[1::50])]  # equal rows ...
+    y[1::50] = (y[::50][: len(y[1::50])] + 1) % 6  # ... with other labels
+    assert len(np.unique(codes, axis=0)) < len(codes) - 500
+    ref = GradientBoostingClassifier(n_estimators=30, random_state=5).fit(codes, y)
+    ours = gbt.fit(codes, y, n_estimators=30, random_state=5)
+    _assert_same_model(ours, ref, codes, pool, importance_rtol=1e-12)
+
+
+def test_pair_certification():
+    """gbt._pair_ok, the test that a speculative split beats another whatever sklearn's node sum st is
+    (within delta of ours): a mirrored split of three samples ({a} | {b, c} against {b, c} | {a}) ties
+    in exact arithmetic, so some st within a few ulps flips it; a clear gap, an exactly known st, or
+    the same partition found twice is certain; inexact sums need their margins."""
+    w, st = 3.0, 1.0
+    sl_w, sl_c = 0.3, 0.7  # the winner's sum_left (one sample), the mirrored candidate's (two)
+    best, proxy = gbt._proxy(sl_w, st, 1, w), gbt._proxy(sl_c, st, 2, w)
+    if proxy > best:  # name the larger one the winner, as the scan would
+        (best, sl_w, nl_w), (proxy, sl_c, nl_c) = (proxy, sl_c, 2), (best, sl_w, 1)
+    else:
+        nl_w, nl_c = 1, 2
+    assert abs(best - proxy) < 1e-15
+    delta = 4 * np.spacing(st)
+
+    def ok(proxy, nl, sl, delta, exact=True, u=0.0, first=False):
+        return gbt._pair_ok(best, nl_w, sl_w, exact, u, proxy, nl, sl, exact, u, first, st, w, delta)
+
+    assert not ok(proxy, nl_c, sl_c, delta)  # a tie that st's last bits decide
+    assert ok(proxy, nl_c, sl_c, 0.0)  # st known: computed exactly as sklearn does
+    assert ok(best, nl_w, sl_w, delta)  # the same partition from another feature, drawn later
+    assert ok(best - 1e-3, nl_c, sl_c, delta)  # a clear gap
+    assert not ok(best - 1e-3, nl_c, sl_c, delta, exact=False, u=1e-3)  # inexact sums: margins u
+    assert ok(best - 1e-3, nl_c, sl_c, delta, exact=False, u=1e-4)
+
+
 def test_threads_and_seeds():
     x, y, x_test, _ = _data(800, 4, 4, 6)
     one = gbt.fit(x, y, n_estimators=10, random_state=3)
@@ -112,7 +157,8 @@ def test_degenerate_inputs():
         gbt.fit(np.where(x > 1, np.nan, x), y)
     with pytest.raises(ValueError):
         gbt.fit(x, y[:50])
-    # A constant feature and a pure split: the model still matches sklearn.
+    # A constant feature and a pure split: the model still matches sklearn (one run of equal
+    # values: impurities may be summed in another order, as with rounded features).
     x[:, 1] = 0.5
     ref = GradientBoostingClassifier(n_estimators=5, random_state=0).fit(x, y)
-    _assert_same_model(gbt.fit(x, y, n_estimators=5, random_state=0), ref, x, x)
+    _assert_same_model(gbt.fit(x, y, n_estimators=5, random_state=0), ref, x, x, importance_rtol=1e-12)

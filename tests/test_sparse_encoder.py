@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import sparse_encoder
 from model import BetaVAE_B, BetaVAE_H
 from sparse_encoder import MAX_SPARSE_WIDTH, SparseEncoder, supports
 
@@ -77,3 +78,21 @@ def test_supports_both_models_and_rejects_others():
 
 def test_an_empty_batch_gives_no_codes():
     assert SparseEncoder(trained_like(BetaVAE_B))(torch.zeros(0, 1, 64, 64, dtype=torch.uint8)).shape == (0, 10)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_occupied_rows_and_columns_match_a_plain_reduction(channels):
+    """The word-wise scan of uint8 images finds the same non-zero rows and columns as reducing pixels,
+    for any byte value (128 and up set an int64 word's sign bit) and for colour images."""
+    generator = torch.Generator().manual_seed(channels)
+    images = torch.zeros(64, channels, 64, 64, dtype=torch.uint8)
+    spots = torch.randint(0, 64, (64, 2, 5), generator=generator)
+    for b in range(64):
+        images[b, b % channels, spots[b, 0], spots[b, 1]] = torch.randint(1, 256, (5,), dtype=torch.uint8,
+                                                                          generator=generator)
+    images[0] = 0  # a blank image
+    rows, columns = sparse_encoder._occupied(images)
+    magnitude = images.amax(dim=1)
+    assert torch.equal(rows, magnitude.amax(2) != 0)
+    assert torch.equal(columns, magnitude.amax(1) != 0)
+    assert not rows[0].any() and rows[1:].any(1).all()
