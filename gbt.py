@@ -10,8 +10,8 @@ values, hence the same decision_function and predictions -- as scikit-learn
     min_impurity_decrease=0, init=None (class prior), no sample weights,
 
 on finite dense X; feature_importances_ agree to ~1e-15 (usually bit for bit).
-On DCI's 10,000 x 10 codes (factors with 3 to 40 classes) it takes ~3 ms per
-tree on one core, sklearn ~26 ms.  tests/test_gbt.py checks it against sklearn.
+On DCI's 10,000 x 10 codes (factors with 3 to 40 classes) it takes ~1.6 ms
+per tree on one core, sklearn 26-30 ms.  tests/test_gbt.py checks it against sklearn.
 
 The algorithm (Friedman's gradient boosting, as scikit-learn runs it)
 -----------------------------------------------------------------------
@@ -66,8 +66,9 @@ Why it is fast
   pair by pair where one margin for all is too coarse (_certify_pairs), and
   redone exactly when a decision is within the bound, after replaying the
   path's orders from the deepest ancestor whose order is known
-  (_restore_path).  A node's order is known when its parent's last sort had
-  no ties of unknown order, whatever the parent's own order was.
+  (_restore_path).  A node's order is known when its parent's last sort left
+  no run of tied values of unknown order among its samples, whatever the
+  parent's own order was (_children_known).
   Impurities may then be summed in another order than sklearn's: importances
   agree to ~1e-15 instead of bit for bit.
 * Numba kernels (compiled once, cached in __pycache__) that release the GIL,
@@ -912,6 +913,29 @@ def _segments(data, ws, depth):
 
 
 @njit(cache=True, nogil=True)
+def _children_known(row, ties, n_ties, xf, threshold):
+    """Whose order is sklearn's, (left child, right child), after a speculative search whose last
+    sort left runs of tied values in an unknown order: row[...] is that sort (ties[:n_ties] its
+    mixed runs, as _find_ties gives them), xf the split feature.  _partition_final moves samples by
+    which side they go to; a run whose members all go one way is only permuted among the same
+    slots of that child, and leaves the other child's order as sklearn's.  A run split between
+    the sides changes the moves, hence both orders."""
+    left_known = right_known = True
+    i = 0
+    while i < n_ties:
+        j = i
+        while j + 1 < n_ties and ties[j + 1] == ties[j] + 1:
+            j += 1
+        n_left = 0
+        for q in range(ties[i] - 1, ties[j] + 1):  # the run's members
+            n_left += 1 if xf[row[q]] <= threshold else 0
+        left_known = left_known and n_left == 0
+        right_known = right_known and n_left == ties[j] - ties[i] + 2
+        i = j + 1
+    return left_known, right_known
+
+
+@njit(cache=True, nogil=True)
 def _restore_path(data, ws, g, depth, start, path_i, path_f, path_vis, impurity, stk, stk_imp):
     """Put sklearn's order of the node samples[start:...] at `depth` into samples.
 
@@ -1104,15 +1128,18 @@ def _build_tree(data, ws, g, seed, max_depth, root_top, trees, k):
         path_f[depth, F_THR], path_f[depth, F_ST], path_f[depth, F_SQ] = thr, st, sq
         path_f[depth, F_ABS], path_f[depth, F_MAX] = s_abs, g_max
         _copy(path_vis[depth], ws.vis_f, 0, ws.n_vis[0])
+        # A child's order is sklearn's when the last sort left no run of tied values of unknown order
+        # in it (whatever this node's order was); the impurities also need this node's sums.
+        left_known = right_known = children_exact
+        if not children_exact:
+            v = ws.n_vis[0] - 1
+            left_known, right_known = _children_known(seg[ws.vis_f[v]], ws.ties[v], ws.n_ties[v], xf, thr)
         # Push the right child, then the left one (popped first).
-        stk[top, 0], stk[top, 1], stk_imp[top] = pos, end, imp_r
-        stk[top + 1, 0], stk[top + 1, 1], stk_imp[top + 1] = start, pos, imp_l
+        stk[top, 0], stk[top, 1], stk_imp[top], stk[top, 6] = pos, end, imp_r, 1 if right_known else 0
+        stk[top + 1, 0], stk[top + 1, 1], stk_imp[top + 1], stk[top + 1, 6] = start, pos, imp_l, 1 if left_known else 0
         for j in range(2):
             stk[top + j, 2], stk[top + j, 3], stk[top + j, 4] = depth + 1, node, j
-            # The children's order is sklearn's when the last sort had no ties of unknown order (whatever
-            # this node's order was); their impurities also need this node's sums to be sklearn's.
-            stk[top + j, 5], stk[top + j, 6] = n_total, 1 if children_exact else 0
-            stk[top + j, 7] = 1 if certain and children_exact else 0
+            stk[top + j, 5], stk[top + j, 7] = n_total, 1 if certain and children_exact else 0
         top += 2
     return node_count
 
@@ -1482,6 +1509,16 @@ def fit(x, y, *, n_estimators: int = 100, learning_rate: float = 0.1, max_depth:
             list(pool.map(lambda t, i=i: stage(i, t), range(n_threads)))
     train_raw = raw[0] if K == 1 else raw.T
     return GradientBoostedTrees(classes, prior, learning_rate, max_depth, trees, node_count, importances, train_raw)
+
+
+def warm_up() -> None:
+    """Compile the kernels (first use after installing, about 20 s) or load them from the cache
+    (a fraction of a second) with a tiny fit and predict, two and three classes: callers run it in
+    a thread while other work goes on."""
+    x = np.random.RandomState(0).randn(40, 3).astype(np.float32)
+    for n_classes in (2, 3):
+        y = np.arange(40) % n_classes
+        fit(x, y, n_estimators=2, random_state=0).predict(x)
 
 
 class _Serial:

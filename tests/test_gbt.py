@@ -162,3 +162,12 @@ def test_degenerate_inputs():
     x[:, 1] = 0.5
     ref = GradientBoostingClassifier(n_estimators=5, random_state=0).fit(x, y)
     _assert_same_model(gbt.fit(x, y, n_estimators=5, random_state=0), ref, x, x, importance_rtol=1e-12)
+
+
+def test_warm_up_leaves_fits_unchanged():
+    """gbt.warm_up (the README's way to compile the kernels ahead of time) runs, and a fit after it
+    still matches scikit-learn."""
+    gbt.warm_up()
+    x, y, x_test, _ = _data(300, 3, 3, 8)
+    ref = GradientBoostingClassifier(n_estimators=5, random_state=1).fit(x, y)
+    _assert_same_model(gbt.fit(x, y, n_estimators=5, random_state=1), ref, x, x_test)
