@@ -464,6 +464,26 @@ def _scan_forward(row, xf, g, start, end, st, w, inv, gate):
     return best, best_p, second
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _next_split(row, xf, g, end, st, pos, sl):
+    """From split position pos (start at first) with sum_left sl, sklearn's next one in
+    row[...:end] (values more than FEATURE_THRESHOLD apart) and Criterion.update's sum_left there,
+    walked from the nearer end as update() does.  Returns (position; end if none, sum_left)."""
+    p = pos + 1
+    while p < end and xf[row[p]] <= xf[row[p - 1]] + FEATURE_THRESHOLD:
+        p += 1
+    if p >= end:
+        return end, sl
+    if p - pos <= end - p:
+        for q in range(pos, p):
+            sl += g[row[q]]
+    else:
+        sl = st
+        for q in range(end - 1, p - 1, -1):
+            sl -= g[row[q]]
+    return p, sl
+
+
 @njit(cache=True, nogil=True)
 def _scan_exact(row, xf, g, start, end, st, w, inv, gate):
     """sklearn's split search over one feature, operation for operation
@@ -475,22 +495,11 @@ def _scan_exact(row, xf, g, start, end, st, w, inv, gate):
     best = second = -np.inf
     best_p = end
     sl = 0.0
-    pos = start
     p = start
     while True:
-        p += 1
-        while p < end and xf[row[p]] <= xf[row[p - 1]] + FEATURE_THRESHOLD:
-            p += 1
+        p, sl = _next_split(row, xf, g, end, st, p, sl)
         if p >= end:
             return best, best_p, second
-        if p - pos <= end - p:  # update() walks from the nearer end
-            for q in range(pos, p):
-                sl += g[row[q]]
-        else:
-            sl = st
-            for q in range(end - 1, p - 1, -1):
-                sl -= g[row[q]]
-        pos = p
         sr = st - sl
         if sl * sl * inv[p - start] + sr * sr * inv[end - p] < gate:
             continue
@@ -585,22 +594,11 @@ def _beats_feature(row, xf, g, start, end, st, w, inv, gate, best_p, best, nl_w,
     sklearn's sum_left.  same: it is the winner's feature (best_p: the
     winner's position); before: it was drawn before the winner's."""
     sl = 0.0
-    pos = start
     p = start
     while True:
-        p += 1
-        while p < end and xf[row[p]] <= xf[row[p - 1]] + FEATURE_THRESHOLD:
-            p += 1
+        p, sl = _next_split(row, xf, g, end, st, p, sl)
         if p >= end:
             return True
-        if p - pos <= end - p:
-            for q in range(pos, p):
-                sl += g[row[q]]
-        else:
-            sl = st
-            for q in range(end - 1, p - 1, -1):
-                sl -= g[row[q]]
-        pos = p
         sr = st - sl
         if (same and p == best_p) or sl * sl * inv[p - start] + sr * sr * inv[end - p] < gate:
             continue
@@ -1083,11 +1081,11 @@ def _build_tree(data, ws, g, seed, max_depth, root_top, trees, k):
             improvement = (w / n) * (imp - (wr / w * imp_r) - (wl / w * imp_l))
             # Certify improvement + EPSILON < 0 (min_impurity_decrease = 0) when imp or the
             # children's impurities (their sums, in the order found) may not be sklearn's.
-            e_c = 0.0 if certain and children_exact else 1.0
-            if e_imp > 0.0 or e_c > 0.0:
-                bound = (w / n) * (e_imp + e_c * (wr / w * _impurity_error(m, sq, s_abs, g_max, wr)
-                                                  + wl / w * _impurity_error(m, sq, s_abs, g_max, wl))
-                                   + 8.0 * EPSILON * (abs(imp) + abs(imp_l) + abs(imp_r)))
+            children_sums_known = certain and children_exact
+            if e_imp > 0.0 or not children_sums_known:
+                e_c = 0.0 if children_sums_known else (wr / w * _impurity_error(m, sq, s_abs, g_max, wr)
+                                                        + wl / w * _impurity_error(m, sq, s_abs, g_max, wl))
+                bound = (w / n) * (e_imp + e_c + 8.0 * EPSILON * (abs(imp) + abs(imp_l) + abs(imp_r)))
                 if abs(improvement + EPSILON) <= bound:
                     restore = not imp_certain
                     continue
