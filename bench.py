@@ -18,8 +18,12 @@ and one configuration's caches cannot help or hurt another. Each process trains 
   the step's large tensors back to the OS and maps them again every step, which costs time;
 - data wait: the share of the timed wall time spent waiting for the next batch.
 
-Configurations (`NAME[:option+option...]`; options fp32, bf16, nchw, channels_last, compile
-override main.py's defaults for B and H):
+Configurations (`NAME[:option+option...]`). Options fp32, bf16, nchw, channels_last, compile
+override main.py's defaults for B and H (default precision: auto); `unfused` uses Adam's
+per-tensor step instead of the fused one; `avx2` runs the configuration, ref-B included, with
+the instruction set capped as on an AVX2-only CPU (ONEDNN_MAX_CPU_ISA=AVX2
+ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2), and its ratio is to ref-B under the
+same cap:
 - `ref-B`: the reference pipeline (1Konny/Beta-VAE) on the same model B, batch and machine:
   a float32 (N, 1, 64, 64) tensor of dSprites images, a DataLoader with batch_size=64,
   shuffle=True, num_workers=2, pin_memory, drop_last=True indexing one image at a time,
@@ -28,6 +32,14 @@ override main.py's defaults for B and H):
   Solver.train_step, bit-packed images gathered by index; main.py's defaults unless options say).
 - `H`: this pipeline on a CelebA-shaped folder (generated random 64×64 RGB JPEGs, decoded by
   the usual DataLoader workers), objective and model H.
+
+For each instruction-set setting used (native, and capped when a configuration says avx2), the
+bench first prints what it runs on: the CPU model, the instruction set torch's kernels use,
+oneDNN's cap, the threads, whether bf16 is native (what --precision auto decides), and the fp32
+matrix-product peak (a 2048×2048 product, median of 5): the ceiling that a training step's
+GFLOP/s is compared with in the `% peak` column.
+
+    python bench.py --configs ref-B,B,ref-B:avx2,B:avx2      # both CPU kinds, each against its reference
 """
 
 import argparse
@@ -51,7 +63,6 @@ import main as train_main
 from dataset import DATASETS, batches, ensure_dsprites
 from losses import Objective, kl_divergence, reconstruction_loss
 from model import build_model
-from utils import autocast
 
 ROOT = Path(__file__).resolve().parent
 RESULT_TAG = "BENCH_RESULT "
@@ -61,7 +72,10 @@ FULL_FLOAT32_GIB = FULL_DSPRITES * 64 * 64 * 4 / 2**30  # the reference's in-mem
 # Options map to main.py flags; what is not named keeps main.py's default.
 OPTIONS = {"fp32": ["--precision", "fp32"], "bf16": ["--precision", "bf16"], "nchw": ["--channels_last", "False"],
            "channels_last": ["--channels_last", "True"], "compile": ["--compile", "True"]}
-COLUMNS = ("config", "device", "options", "it/s", "images/s", "GFLOP/step", "GFLOP/s", "peak RSS",
+BENCH_OPTIONS = ("unfused", "avx2")  # handled by the bench itself, not by main.py flags
+# An AVX2-only CPU, emulated: oneDNN (convolutions), ATen (torch's own kernels) and MKL (fp32 matrix products).
+AVX2_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+COLUMNS = ("config", "device", "options", "it/s", "images/s", "GFLOP/step", "GFLOP/s", "% peak", "peak RSS",
            "page faults/it", "data wait", "warm-up s", "× ref")
 
 
@@ -107,15 +121,10 @@ def time_loop(step, warmup: int, iters: int, sync) -> dict:
     return {"it_s": iters / elapsed, "data_wait": waited / elapsed, "warmup_s": warm, "faults": faults / iters}
 
 
-def count_step_flops(model, x, autocast_dtype, distribution: str, objective) -> int:
-    """FLOPs of one forward + backward of `model` on x, in the given precision."""
+def count_step_flops(step) -> int:
+    """FLOPs of one training step (forward + backward, as torch's flop counter sees them): step() runs one."""
     with FlopCounterMode(display=False) as counter:
-        with autocast(x.device, autocast_dtype):
-            x_logits, mu, logvar = model(x)
-        recon = reconstruction_loss(x, x_logits.float(), distribution)
-        total_kld, _, _ = kl_divergence(mu.float(), logvar.float())
-        objective(recon, total_kld, 1).backward()
-    model.zero_grad(set_to_none=True)
+        step()
     return counter.get_total_flops()
 
 
@@ -127,9 +136,13 @@ def run_ours(job: Job) -> dict:
             "--viz_on", "False", "--save_output", "False", "--viz_name", "bench",
             "--output_dir", f"{job.workdir}/outputs", "--ckpt_dir", f"{job.workdir}/checkpoints"]
     for option in job.options:
-        argv += OPTIONS[option]
+        argv += OPTIONS.get(option, [])
     args = train_main.parse_args(argv)
     solver = train_main.build_solver(args)
+    if "unfused" in job.options:  # the per-tensor Adam step, for comparing with the fused default
+        fused = solver.method.optimizers["optim"]
+        solver.method.optimizers["optim"] = torch.optim.Adam(fused.param_groups[0]["params"], lr=args.lr,
+                                                              betas=(args.beta1, args.beta2), fused=False)
     stream = batches(solver.data, solver.order, 1, solver.device, solver.num_workers)
 
     # The body of Solver.train without its periodic actions (pictures, checkpoints), which
@@ -144,9 +157,10 @@ def run_ours(job: Job) -> dict:
 
     result = time_loop(step, job.warmup, job.iters, device_sync(solver.device))
     x = next(stream)
-    result["flops"] = count_step_flops(solver.model, x, solver.autocast_dtype, solver.distribution,
-                                       solver.objective)
-    result["options"] = "+".join([args.precision] + ["channels_last"] * args.channels_last + ["compile"] * args.compile)
+    result["flops"] = count_step_flops(lambda: solver.method.train_step(x, solver.step + 1))
+    precision = solver.checkpointer.config["precision_used"]
+    result["options"] = "+".join([precision] + ["channels_last"] * args.channels_last + ["compile"] * args.compile
+                                 + ["unfused"] * ("unfused" in job.options) + ["AVX2 cap"] * ("avx2" in job.options))
     stream.close()
     return result
 
@@ -198,8 +212,8 @@ def run_reference(job: Job) -> dict:
         return waited
 
     result = time_loop(step, job.warmup, job.iters, device_sync(device))
-    result["flops"] = count_step_flops(model, next(batches_).to(device), None, "bernoulli", objective)
-    result["options"] = "fp32, DataLoader×2"
+    result["flops"] = count_step_flops(step)
+    result["options"] = "fp32, DataLoader×2" + (", AVX2 cap" if "avx2" in job.options else "")
     result["images"] = len(images)
     return result
 
@@ -211,9 +225,34 @@ def device_sync(device):
     return lambda: None
 
 
+def fp32_matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an fp32 size×size matrix product, median of `repeats`: this machine's practical ceiling."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up: thread pool, caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / sorted(times)[repeats // 2] / 1e9
+
+
+def hardware(threads: int) -> dict:
+    """What this process runs on, as --precision auto sees it (a worker reports it under its own caps)."""
+    import precision
+
+    native, why = precision.native_bf16(torch.device("cpu"))
+    return {"cpu": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_cap": os.environ.get("ONEDNN_MAX_CPU_ISA", "none"), "threads": threads or torch.get_num_threads(),
+            "native_bf16": native, "why": why, "fp32_peak_gflops": fp32_matmul_peak()}
+
+
 def worker(job: Job) -> None:
     if job.threads:
         torch.set_num_threads(job.threads)
+    if job.config == "hardware":
+        print(RESULT_TAG + json.dumps(hardware(job.threads)), flush=True)
+        return
     run = run_reference if job.config == "ref-B" else run_ours
     result = run(job)
     result["peak_rss_mib"] = peak_rss_mib()
@@ -267,7 +306,8 @@ def prepare_data(args, scratch: Path) -> tuple[str, list[str]]:
 def run_worker(job: Job) -> dict:
     """Run one configuration in a fresh process and return its result."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(job))]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    env = dict(os.environ, **(AVX2_CAP if "avx2" in job.options else {}))
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG) :])
@@ -280,14 +320,21 @@ def parse_configs(text: str) -> list[tuple[str, list[str]]]:
     for item in filter(None, text.split(",")):
         name, _, options = item.partition(":")
         chosen = [o for o in options.split("+") if o]
-        if name not in ("ref-B", "B", "H") or any(o not in OPTIONS for o in chosen) or (name == "ref-B" and chosen):
+        allowed = BENCH_OPTIONS[1:] if name == "ref-B" else (*OPTIONS, *BENCH_OPTIONS)
+        if name not in ("ref-B", "B", "H") or any(o not in allowed for o in chosen):
             raise argparse.ArgumentTypeError(
-                f"bad config {item!r}: use ref-B, or B or H with options from {', '.join(OPTIONS)}")
+                f"bad config {item!r}: use ref-B (option: avx2), or B or H with options from "
+                f"{', '.join((*OPTIONS, *BENCH_OPTIONS))}")
         configs.append((name, chosen))
     return configs
 
 
-def format_row(config: str, device: str, r: dict, ref_it_s: float | None) -> list[str]:
+def cap_of(options: list[str] | str) -> str:
+    """'avx2' for a configuration run under the AVX2 cap, '' for native."""
+    return "avx2" if "avx2" in (options.split("+") if isinstance(options, str) else options) else ""
+
+
+def format_row(config: str, device: str, r: dict, ref_it_s: float | None, peak: float | None) -> list[str]:
     gflop = r["flops"] / 1e9
     memory = f"{r['peak_rss_mib']:,.0f} MiB"
     if "peak_gpu_mib" in r:
@@ -295,8 +342,9 @@ def format_row(config: str, device: str, r: dict, ref_it_s: float | None) -> lis
     if config.startswith("ref-"):
         memory += " ‡"
     ratio = f"{r['it_s'] / ref_it_s:.2f}×" if ref_it_s and config.split(":")[0] == "B" else "–"
+    share = f"{100 * gflop * r['it_s'] / peak:.0f}%" if peak and device == "cpu" else "–"
     return [config, device, r["options"], f"{r['it_s']:.2f}", f"{r['it_s'] * BATCH:,.0f}", f"{gflop:.2f}",
-            f"{gflop * r['it_s']:.1f}", memory, f"{r['faults']:,.0f}", f"{100 * r['data_wait']:.1f}%",
+            f"{gflop * r['it_s']:.1f}", share, memory, f"{r['faults']:,.0f}", f"{100 * r['data_wait']:.1f}%",
             f"{r['warmup_s']:.1f}", ratio]
 
 
@@ -310,21 +358,33 @@ def print_table(rows: list[list[str]], notes: list[str]) -> None:
         print(f"- {note}")
 
 
-def machine(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        return platform.processor() or platform.machine()
+
+
+def machine(threads: int) -> str:
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     threads = threads or torch.get_num_threads()
-    return f"{cpu}, {os.cpu_count()} logical CPUs{gpu}; torch {torch.__version__}, torch threads: {threads}"
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs{gpu}; torch {torch.__version__}, torch threads: {threads}"
+
+
+def describe_hardware(cap: str, h: dict) -> str:
+    setting = "capped to AVX2 (" + " ".join(f"{k}={v}" for k, v in AVX2_CAP.items()) + ")" if cap else "native"
+    return (f"CPU {setting}: {h['cpu']}; torch kernels {h['capability']}, oneDNN cap {h['onednn_cap']}; "
+            f"{h['threads']} threads; native bf16: {'yes' if h['native_bf16'] else 'no'} ({h['why']}); "
+            f"fp32 matrix-product peak {h['fp32_peak_gflops']:.1f} GFLOP/s.")
+
+
+class BenchHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as the description (it lists the configurations), and every default shown."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=BenchHelpFormatter)
     p.add_argument("--iters", type=int, default=60, help="timed iterations per configuration")
     p.add_argument("--warmup", type=int, default=10, help="untimed iterations first (compilation happens here)")
     p.add_argument("--configs", default="ref-B,B,H", type=parse_configs,
@@ -339,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke test: 3 iterations after 1, on small generated data")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
+
+
+def measure_hardware(args, configs, scratch: str) -> dict[str, dict]:
+    """{cap: hardware facts} for each instruction-set setting the configurations use."""
+    caps = sorted({cap_of(options) for _, options in configs})
+    return {cap: run_worker(Job("hardware", ["avx2"] if cap else [], "cpu", 0, 0, "", 0,
+                                tempfile.mkdtemp(dir=scratch), threads=args.threads)) for cap in caps}
 
 
 def measure(args, configs, devices: list[str], dset_dir: str, scratch: str, ref_subset: int) -> dict:
@@ -361,18 +428,26 @@ def median_round(rounds: list[dict]) -> dict:
     return sorted(rounds, key=lambda r: r["it_s"])[(len(rounds) - 1) // 2]
 
 
-def report(results: dict, args, notes: list[str]) -> None:
-    """Print the table (each configuration's median round), its notes and the ratios to ref-B."""
+def report(results: dict, hardware_by_cap: dict, args, notes: list[str]) -> None:
+    """Print the machine, the table (each configuration's median round), its notes and the ratios to
+    ref-B measured under the same instruction-set cap."""
+    for cap, facts in hardware_by_cap.items():
+        print(describe_hardware(cap, facts))
+    print()
     rows, ratios = [], []
     for (label, device), rounds in results.items():
         result = median_round(rounds)
-        ref = results.get(("ref-B", device))
+        cap = cap_of(label.partition(":")[2])
+        ref = results.get(("ref-B:avx2" if cap else "ref-B", device))
         ref_it_s = median_round(ref)["it_s"] if ref else None
-        rows.append(format_row(label, device, result, ref_it_s))
+        peak = hardware_by_cap.get(cap, {}).get("fp32_peak_gflops")
+        rows.append(format_row(label, device, result, ref_it_s, peak))
         if ref_it_s and label.split(":")[0] == "B":
+            share = (f", {100 * result['flops'] / 1e9 * result['it_s'] / peak:.0f}% of the fp32 matrix-product "
+                     f"peak" if peak and device == "cpu" else "")
             ratios.append(f"dSprites B on {device} ({label}: {result['options']}): "
                           f"{result['it_s'] / ref_it_s:.2f}× the reference pipeline's it/s "
-                          f"({result['it_s']:.2f} vs {ref_it_s:.2f}).")
+                          f"({result['it_s']:.2f} vs {ref_it_s:.2f}){share}.")
     notes.append(f"Batch {BATCH}; {args.iters} timed iterations after {args.warmup} of warm-up; warm-up s includes "
                  "one-off costs such as torch.compile."
                  + (f" Each row is the median-it/s round of {args.rounds}." if args.rounds > 1 else ""))
@@ -404,8 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     ref_subset = max(8192, BATCH * (args.warmup + args.iters + 2))
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         dset_dir, notes = prepare_data(args, Path(scratch))
+        hardware_by_cap = measure_hardware(args, args.configs, scratch) if "cpu" in devices else {}
         results = measure(args, args.configs, devices, dset_dir, scratch, ref_subset)
-    report(results, args, notes)
+    report(results, hardware_by_cap, args, notes)
     return 0
 
 

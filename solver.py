@@ -1,9 +1,9 @@
 """The Solver: the training loop, and when to gather, display and save.
 
-It receives built objects (model, optimizer, objective, data, logger, output
-writer, checkpointer) from main.py and owns only the loop. Side effects live
-elsewhere: numbers go to a Logger, pictures to an OutputWriter, weights to a
-Checkpointer, so training runs the same with or without visdom.
+It receives built objects (a method, data, logger, output writer, checkpointer) from main.py and
+owns only the loop. What one step does belongs to the method (methods/); side effects live
+elsewhere: numbers go to a Logger, pictures to an OutputWriter, weights to a Checkpointer, so
+training runs the same for every method, with or without visdom.
 """
 
 import signal
@@ -18,16 +18,9 @@ from tqdm import tqdm
 from checkpoint import CheckpointError, save_checkpoint
 from dataset import BatchOrder, batches
 from loggers import Logger
-from losses import Objective, kl_divergence, reconstruction_loss
-from utils import autocast, remove_stale_temps
-from visualize import (
-    reconstruction_grid,
-    save_labelled_png,
-    save_png,
-    save_traversal_gif,
-    traversal_grid,
-    traverse,
-)
+from methods import Method
+from utils import remove_stale_temps
+from visualize import make_grid, save_labelled_png, save_png, save_traversal_gif, traversal_grid
 
 
 class NonFiniteLoss(Exception):
@@ -55,30 +48,32 @@ class Schedule:
 
 
 class RunningStats:
-    """Sums of the per-step statistics since the last gather, kept on the device (no sync per step).
+    """Sums of a method's per-step stats since the last gather, kept on the device (no sync per step).
 
-    Layout of `sums`: [recon, total_kld, mean_kld, loss, kld(z), mu(z), var(z)].
+    `sizes` is Method.stat_sizes(): name -> 1 (a scalar) or z_dim (one value per latent), in record
+    order. `sums` lays them end to end; for the VAEs that is [recon, total_kld, mean_kld, loss, kld(z),
+    mu(z), var(z), extras...].
     """
 
-    def __init__(self, z_dim: int, device: torch.device):
-        self.z_dim = z_dim
-        self.sums = torch.zeros(4 + 3 * z_dim, device=device, dtype=torch.float64)
+    def __init__(self, sizes: dict[str, int], device: torch.device):
+        self.sizes = dict(sizes)
+        self.sums = torch.zeros(sum(self.sizes.values()), device=device, dtype=torch.float64)
         self.count = 0
 
     @torch.no_grad()
-    def add(self, recon, total_kld, mean_kld, loss, dim_kld, mu, logvar) -> None:
-        row = torch.cat([torch.stack([recon, total_kld, mean_kld, loss]).float(),
-                         dim_kld.float(), mu.float().mean(0), logvar.float().exp().mean(0)])
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        row = torch.cat([stats[name].float().reshape(-1) for name in self.sizes])
         self.sums += row
         self.count += 1
 
     def average(self, step: int) -> dict:
         """The interval's averages as a plain record (the format of metrics.jsonl)."""
         values = (self.sums / max(self.count, 1)).tolist()
-        z = self.z_dim
-        return {"iter": step, "recon_loss": values[0], "total_kld": values[1], "mean_kld": values[2],
-                "loss": values[3], "kld": values[4 : 4 + z], "mu": values[4 + z : 4 + 2 * z],
-                "var": values[4 + 2 * z :]}
+        record, start = {"iter": step}, 0
+        for name, size in self.sizes.items():
+            record[name] = values[start] if size == 1 else values[start : start + size]
+            start += size
+        return record
 
     def reset(self) -> None:
         self.sums.zero_()
@@ -88,6 +83,8 @@ class RunningStats:
         return {"sums": self.sums.cpu(), "count": self.count}
 
     def load(self, state: dict) -> None:
+        if tuple(state["sums"].shape) != tuple(self.sums.shape):
+            raise ValueError(f"gathered sums of shape {tuple(state['sums'].shape)}, expected {tuple(self.sums.shape)}")
         self.sums.copy_(state["sums"])
         self.count = int(state["count"])
 
@@ -103,6 +100,7 @@ class Checkpointer:
     def __init__(self, folder: Path, name: str, config: dict):
         self.folder, self.name, self.config = Path(folder), name, config
         self.saved_step: int | None = None  # the iteration `last` holds, once this run has written it
+        self.resumed_step: int | None = None  # the iteration of the checkpoint this run resumed from, if any
         self.error: OSError | None = None  # why the latest write failed
         self._swept = False
 
@@ -110,7 +108,7 @@ class Checkpointer:
     def path(self) -> Path:
         return self.folder / self.name
 
-    def save(self, step: int, model, optimizer, extra: dict, snapshot: bool = False) -> bool:
+    def save(self, step: int, method: Method, extra: dict, snapshot: bool = False) -> bool:
         """Write `last` (and `<step>` when snapshot); return whether `last` was written.
 
         A failed write (full disk, lost mount) warns and leaves the file as it was; training goes on.
@@ -118,16 +116,16 @@ class Checkpointer:
         if not self._swept:
             remove_stale_temps(self.folder)
             self._swept = True
-        written = self._write(self.path, step, model, optimizer, extra)
+        written = self._write(self.path, step, method, extra)
         if written:
             self.saved_step = step
         if snapshot:
-            self._write(self.folder / str(step), step, model, optimizer, extra)
+            self._write(self.folder / str(step), step, method, extra)
         return written
 
-    def _write(self, target: Path, step: int, model, optimizer, extra: dict) -> bool:
+    def _write(self, target: Path, step: int, method: Method, extra: dict) -> bool:
         try:
-            save_checkpoint(target, step, model, optimizer, self.config, extra)
+            save_checkpoint(target, step, method, self.config, extra)
         except OSError as err:
             self.error = err
             tqdm.write(f"WARNING: could not write checkpoint {target} at iteration {step} ({err}). "
@@ -140,16 +138,25 @@ class Checkpointer:
         target = target or self.path
         if target == self.path and self.saved_step is not None:
             return f"{target} is intact and still holds iteration {self.saved_step}."
-        return f"The checkpoint already at {target}, if any, is intact."
+        if target == self.path and self.resumed_step is not None:
+            return f"{target} is intact and still holds iteration {self.resumed_step}."
+        if target.exists():
+            return f"The checkpoint already at {target} is intact."
+        return f"No checkpoint was written to {target}."
 
 
 class OutputWriter:
-    """Writes reconstruction grids and traversals under output_dir/viz_name/<iter>/."""
+    """Writes reconstruction grids and traversals under `pictures_dir`/<iter>/.
 
-    def __init__(self, run_dir: Path, data, traverse_indices: dict, device: torch.device, seed: int,
-                 save_files: bool = True):
-        self.run_dir, self.data, self.device, self.seed = Path(run_dir), data, device, seed
+    Traversals show the `top_latents` most informative latents (by KL; all when 0), so a model with
+    hundreds of latents still gets pictures of a readable size.
+    """
+
+    def __init__(self, pictures_dir: Path, data, traverse_indices: dict, device: torch.device, seed: int,
+                 save_files: bool = True, top_latents: int = 10):
+        self.pictures_dir, self.data, self.device, self.seed = Path(pictures_dir), data, device, seed
         self.save_files = save_files  # --save_output False: pictures go to the loggers only
+        self.top_latents = top_latents
         # Indices beyond a small dataset (tests, subsets) are skipped rather than crash.
         self.traverse_indices = {k: i for k, i in traverse_indices.items() if i < len(data)}
 
@@ -157,20 +164,27 @@ class OutputWriter:
         """One dataset image as float (C, 64, 64) on the device."""
         return self.data.get(torch.tensor([index])).to(self.device).float()[0] * self.data.scale
 
-    def write(self, step: int, model, x: torch.Tensor, kld: list[float] | None, logger: Logger) -> Path:
+    def latents(self, z_dim: int, kld: list[float] | None) -> list[int]:
+        """The latents to traverse: by decreasing KL when known, at most top_latents of them."""
+        order = kl_order(kld) if kld else list(range(z_dim))
+        return order[: self.top_latents] if self.top_latents else order
+
+    def write(self, step: int, method: Method, x: torch.Tensor, kld: list[float] | None, logger: Logger) -> Path:
         """Reconstructions and one traversal per image; rows sorted by KL and labelled with it."""
-        order = kl_order(kld) if kld else list(range(model.z_dim))
+        order = self.latents(method.z_dim, kld)
         labels = [f"z{i} KL {kld[i]:.2f}" if kld else f"z{i}" for i in order]
-        folder = self.run_dir / str(step)
-        grid = reconstruction_grid(model, x)
-        logger.images(step, "reconstruction", grid)
-        if self.save_files:
-            save_png(grid, folder / "reconstruction.png")
+        folder = self.pictures_dir / str(step)
+        reconstruction = method.reconstruct(x[:8])
+        if reconstruction is not None:
+            grid = make_grid(torch.cat([x[:8], reconstruction]).float().cpu(), nrow=len(reconstruction))
+            logger.images(step, "reconstruction", grid)
+            if self.save_files:
+                save_png(grid, folder / "reconstruction.png")
         # The random image is drawn from its own generator so pictures never shift the training RNG.
         pick = torch.Generator().manual_seed(self.seed * 7919 + step)
         keys = dict(self.traverse_indices, random_img=int(torch.randint(len(self.data), (1,), generator=pick)))
         for key, index in keys.items():
-            rows = traverse(model, self.image(index), order)  # (latents, steps, C, H, W)
+            rows = method.traverse(self.image(index), order)  # (latents, steps, C, H, W)
             grid = traversal_grid(rows)
             logger.images(step, f"traverse_{key}", grid)
             if self.save_files:
@@ -204,58 +218,38 @@ def stop_on_signals():
 
 
 class Solver:
-    """Trains a β-VAE: one optimisation step per batch, plus the periodic actions of a Schedule."""
+    """Trains a method: one training step per batch, plus the periodic actions of a Schedule."""
 
-    def __init__(self, model, optimizer, objective: Objective, distribution: str, data, order: BatchOrder,
-                 device: torch.device, schedule: Schedule, logger: Logger, outputs: OutputWriter,
-                 checkpointer: Checkpointer, num_workers: int = 0, autocast_dtype: torch.dtype | None = None,
-                 start_step: int = 0, evaluator=None, compile_model: bool = False, channels_last: bool = False):
-        self.model, self.optimizer, self.objective = model, optimizer, objective
-        self.distribution, self.data, self.order, self.device = distribution, data, order, device
+    def __init__(self, method: Method, data, order: BatchOrder, device: torch.device, schedule: Schedule,
+                 logger: Logger, outputs: OutputWriter, checkpointer: Checkpointer, num_workers: int = 0,
+                 start_step: int = 0, evaluator=None):
+        self.method, self.data, self.order, self.device = method, data, order, device
         self.schedule, self.logger, self.outputs, self.checkpointer = schedule, logger, outputs, checkpointer
-        self.num_workers, self.autocast_dtype = num_workers, autocast_dtype
-        self.evaluator = evaluator  # callable(model, step) -> summary scores, or None
+        self.num_workers = num_workers
+        self.evaluator = evaluator  # callable(method, step) -> {"summary": scores, "matrices": ...}, or None
         self.step = start_step
-        self.stats = RunningStats(model.z_dim, device)
+        self.stats = RunningStats(method.stat_sizes(), device)
         self.last_record: dict | None = None
-        # First iteration whose loss was not finite (-1: none yet) and which term (1 recon, 2 KL, 3 both).
+        # The loss terms whose NaN or inf stops the run, and the first iteration where one was not finite
+        # (-1: none yet) with a bit mask of which terms (bit i: watched term i).
+        self.watched = list(method.watched.items())
         self.first_bad = torch.tensor([-1, 0], device=device)
-        # Speed options (main.py --channels_last, --compile). channels_last: batches in the layout
-        # the model's weights were given, so convolutions need no reordering. compile: only the
-        # training forward is compiled; self.model stays the plain module that checkpoints and
-        # pictures use. fallback_random keeps eager's random stream (the same ε for a seed, so
-        # --compile changes rounding only); on a GPU, CUDA graphs remove per-kernel launch cost.
-        self.channels_last = channels_last
-        options = {"fallback_random": True, "triton.cudagraphs": device.type == "cuda"}
-        self.forward = torch.compile(model, options=options) if compile_model else model
 
     # ------------------------------------------------------------------ the step
 
-    def train_step(self, x: torch.Tensor) -> torch.Tensor:
-        """One update on a batch x (B, C, 64, 64); returns the loss (scalar tensor, not synced)."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.autocast_dtype):
-            x_logits, mu, logvar = self.forward(x)
-        # Losses in fp32 whatever the forward precision: the sums over 4096 pixels need it.
-        x_logits, mu, logvar = x_logits.float(), mu.float(), logvar.float()
-        recon = reconstruction_loss(x, x_logits, self.distribution)
-        total_kld, dim_kld, mean_kld = kl_divergence(mu, logvar)
-        loss = self.objective(recon, total_kld, self.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.stats.add(recon.detach(), total_kld.detach(), mean_kld.detach(), loss.detach(),
-                       dim_kld.detach(), mu.detach(), logvar.detach())
-        self._track_finite(recon.detach(), total_kld.detach())
-        return loss.detach()
+    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One update on a batch x (B, C, 64, 64); returns the method's stats (tensors, not synced)."""
+        stats = self.method.train_step(x, self.step)
+        self.stats.add(stats)
+        self._track_finite(stats)
+        return stats
 
-    def _track_finite(self, recon: torch.Tensor, total_kld: torch.Tensor) -> None:
-        """Remember the first non-finite iteration on the device, without a sync every step.
-
-        first_bad = [iteration, term]: term 1 reconstruction, 2 KL, 3 both.
-        """
-        term = (~torch.isfinite(recon)).long() + 2 * (~torch.isfinite(total_kld)).long()
+    def _track_finite(self, stats: dict[str, torch.Tensor]) -> None:
+        """Remember the first non-finite iteration on the device, without a sync every step."""
+        if not self.watched:
+            return
+        bad = torch.stack([~torch.isfinite(stats[name]) for name, _ in self.watched]).long()
+        term = (bad * (2 ** torch.arange(len(self.watched), device=bad.device))).sum()
         first = (self.first_bad[0] < 0) & (term > 0)
         self.first_bad = torch.where(first, torch.stack([torch.full((), self.step, device=self.device), term]),
                                      self.first_bad)
@@ -263,25 +257,42 @@ class Solver:
     def check_finite(self) -> None:
         """Raise NonFiniteLoss if a loss term or a weight has become NaN or inf (one sync)."""
         step, term = self.first_bad.tolist()
-        kept = (f"training stopped and the last good checkpoint was kept "
-                f"({self.checkpointer.path}{self._saved_at()}). Try a lower --lr in a new run "
-                "(a resumed run keeps the learning rate saved in its checkpoint).")
+        kept = (f"training stopped and {self._kept()}. Try a lower --lr in a new run"
+                + (", or resume with --resume_with_changes True --lr <lower>." if self._has_checkpoint() else "."))
         if step >= 0:
-            name = {1: "reconstruction term", 2: "KL term", 3: "reconstruction and KL terms"}[term]
+            words = [words for bit, (_, words) in enumerate(self.watched) if term >> bit & 1]
+            name = " and ".join(words) + (" terms" if len(words) > 1 else " term")
             raise NonFiniteLoss(f"the {name} of the loss became NaN or inf at iteration {step}; {kept}")
-        weights_finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        weights_finite = torch.stack([torch.isfinite(p).all() for p in self.method.parameters()]).all()
         if not weights_finite.item():
             raise NonFiniteLoss(f"the weights became NaN or inf by iteration {self.step} "
                                 f"(every loss so far was finite); {kept}")
 
-    def _saved_at(self) -> str:
+    def _has_checkpoint(self) -> bool:
+        return self.checkpointer.saved_step is not None or self.checkpointer.resumed_step is not None
+
+    def _kept(self) -> str:
+        """What is on disk to go back to, truthfully."""
         saved = self.checkpointer.saved_step
-        return f", iteration {saved}" if saved is not None else ""
+        if saved is not None:
+            return f"the last good checkpoint was kept ({self.checkpointer.path}, iteration {saved})"
+        if self.checkpointer.resumed_step is not None:
+            return (f"the last good checkpoint was kept ({self.checkpointer.path}, iteration "
+                    f"{self.checkpointer.resumed_step}, the one this run resumed from)")
+        return "no checkpoint had been written yet, so there is nothing to resume from"
 
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> None:
         s = self.schedule
+        if not self.method.iterative:  # a baseline (PCA, ICA): fitted once on the whole dataset, no loop
+            self.method.fit(self.data)
+            self._finish(None)
+            return
+        if self.step >= s.max_iter:
+            tqdm.write(f"Nothing to train: the checkpoint is at iteration {self.step}, and --max_iter is "
+                       f"{s.max_iter}. To train further, run the same command with a larger --max_iter.")
+            return
         bar = tqdm(total=s.max_iter, initial=self.step, dynamic_ncols=True, desc="training")
         stream = batches(self.data, self.order, self.step + 1, self.device, self.num_workers)
         x = None
@@ -290,9 +301,9 @@ class Solver:
                 while self.step < s.max_iter and not received:
                     x = next(stream)
                     self.step += 1
-                    loss = self.train_step(x)
+                    stats = self.train_step(x)
                     bar.update(1)
-                    self._periodic(x, loss, bar)
+                    self._periodic(x, stats, bar)
                 if received:
                     self._interrupt(received[0])
             self._finish(x)
@@ -300,12 +311,12 @@ class Solver:
             bar.close()
             stream.close()
 
-    def _periodic(self, x: torch.Tensor, loss: torch.Tensor, bar) -> None:
+    def _periodic(self, x: torch.Tensor, stats: dict, bar) -> None:
         s, step = self.schedule, self.step
         if step % s.gather_step == 0:
             self.gather()
-        if step % min(s.gather_step, 100) == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if step % min(s.gather_step, 100) == 0 and "loss" in stats:
+            bar.set_postfix(loss=f"{stats['loss'].item():.3f}", refresh=False)
         if step % s.display_step == 0:
             self.display(x)
         if s.eval_step and step % s.eval_step == 0:
@@ -337,20 +348,19 @@ class Solver:
         if x is not None and self.step % s.display_step != 0:
             self.display(x)
         if not saved:
+            again = ("Free some space and run the same command again: it resumes from that checkpoint."
+                     if self._has_checkpoint() else "Free some space and run the same command again: with no "
+                     "checkpoint to resume from, it starts over.")
             raise CheckpointError(
                 f"the final checkpoint of iteration {self.step} could not be written ({self.checkpointer.error}). "
-                f"{self.checkpointer.describe()} Free some space and run the same command again: it resumes "
-                "from that checkpoint.")
+                f"{self.checkpointer.describe()} {again}")
 
     # ------------------------------------------------------------------ periodic actions
 
     def gather(self) -> dict:
         """Average the interval's statistics into one record and hand it to the logger."""
         self.check_finite()
-        record = self.stats.average(self.step)
-        capacity = self.objective.target_capacity(self.step)
-        if capacity is not None:
-            record["C"] = capacity
+        record = self.stats.average(self.step) | self.method.scheduled(self.step)
         self.stats.reset()
         self.last_record = record
         self.logger.scalars(record)
@@ -358,35 +368,39 @@ class Solver:
 
     def display(self, x: torch.Tensor | None = None) -> None:
         """Print a status line, write the pictures and push buffered points to the loggers."""
-        record = self.last_record or self.stats.average(self.step)
-        tqdm.write(format_status(record))
+        record = self.last_record or (self.stats.average(self.step) if self.stats.count else None)
+        if record is not None:
+            tqdm.write(format_status(record))
         if x is None:  # --train False: reconstruct a fixed batch of the data
             x = self.data.get(self.order.indices(1)[:8]).to(self.device).float() * self.data.scale
-        self.model.eval()
+        self.method.eval()
         try:
-            folder = self.outputs.write(self.step, self.model, x, record.get("kld"), self.logger)
+            folder = self.outputs.write(self.step, self.method, x, (record or {}).get("kld"), self.logger)
         except OSError as err:  # a full disk must not cost the run: pictures are redrawn next time
             tqdm.write(f"WARNING: could not write the pictures of iteration {self.step} ({err}); training goes on.")
             folder = None
-        self.model.train()
+        self.method.train()
         self.logger.flush(self.step)
         if self.outputs.save_files and folder is not None:
             tqdm.write(f"  pictures written to {folder}")
 
     def evaluate(self) -> dict:
-        """Score the current model and log the scores as an `eval` record (JSONL and visdom)."""
+        """Score the current model; log the scores as an `eval` record and its matrices as heatmaps."""
         self.check_finite()
-        self.model.eval()
-        scores = self.evaluator(self.model, self.step)
-        self.model.train()
+        self.method.eval()
+        result = self.evaluator(self.method, self.step)
+        self.method.train()
+        scores = result.get("summary", {})
         self.logger.scalars({"iter": self.step, "eval": scores})
+        for name, matrix in result.get("matrices", {}).items():
+            self.logger.heatmap(self.step, name, matrix["matrix"], matrix["rows"], matrix["columns"])
         return scores
 
     def save(self, snapshot: bool = False) -> bool:
         """Checkpoint the run, unless a loss or weight went non-finite (then the last good one stays)."""
         self.check_finite()
         extra = {"gather": self.stats.state(), "last_record": self.last_record}
-        return self.checkpointer.save(self.step, self.model, self.optimizer, extra, snapshot)
+        return self.checkpointer.save(self.step, self.method, extra, snapshot)
 
     def load_state(self, checkpoint: dict) -> None:
         """Resume the statistics of a partly gathered interval (absent in reference checkpoints)."""
@@ -401,10 +415,11 @@ def kl_order(kld: list[float]) -> list[int]:
 
 
 def format_status(record: dict) -> str:
-    """The display line: losses, KL, the target C (objective B) and each latent's posterior variance."""
-    parts = [f"[{record['iter']}] recon_loss:{record['recon_loss']:.3f}",
-             f"total_kld:{record['total_kld']:.3f}", f"mean_kld:{record['mean_kld']:.3f}"]
-    if "C" in record:
-        parts.append(f"C:{record['C']:.3f}")
-    variances = " ".join(f"{v:.3f}" for v in record["var"])
+    """The display line: every scalar of the record (losses, KL, C for objective B, ...), then each
+    latent's posterior variance, numbered z0, z1, ... as everywhere else."""
+    parts = [f"[{record['iter']}]"] + [f"{name}:{value:.3f}" for name, value in record.items()
+                                       if name != "iter" and isinstance(value, float)]
+    if "var" not in record:
+        return " ".join(parts)
+    variances = " ".join(f"z{i}:{v:.3f}" for i, v in enumerate(record["var"]))
     return " ".join(parts) + f"\n  posterior variance: {variances}"

@@ -132,3 +132,23 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_writable(folder: str | os.PathLike, flag: str) -> None:
+    """Create `folder` and prove a file can be written, synced and removed there, before any work is done.
+
+    Raises OSError naming the folder and the flag that chose it.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            Path(probe).unlink(missing_ok=True)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write in {folder} ({err.strerror}); check its permissions and free "
+                                 f"space, or choose another folder with {flag}") from None

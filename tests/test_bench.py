@@ -23,13 +23,26 @@ def test_quick_bench_prints_the_table_and_the_ratio():
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert len(cells) == len(bench.COLUMNS)
         assert float(cells[3]) > 0  # it/s
-        assert cells[7].endswith(("MiB", "MiB ‡"))  # peak RSS
+        assert cells[8].endswith(("MiB", "MiB ‡"))  # peak RSS
+        assert cells[7] == "–" or cells[7].endswith("%")  # share of the fp32 matrix-product peak
     assert "× the reference pipeline's it/s" in proc.stdout
     assert "11.25 GiB" in proc.stdout  # the reference's full-data footprint is stated
+    # What it ran on: CPU, torch's instruction set, threads, native bf16, the fp32 peak.
+    machine = next(line for line in lines if line.startswith("CPU native:"))
+    assert "torch kernels" in machine and "threads" in machine and "native bf16: " in machine
+    assert "fp32 matrix-product peak" in machine
+
+
+def test_help_lists_the_configurations():
+    text = bench.build_parser().format_help()
+    for name in ("ref-B", "`B`", "`H`", "avx2", "unfused"):
+        assert name in text
+    assert "(default: 60)" in text  # defaults are shown
 
 
 def test_config_names_and_options_are_checked():
     assert bench.parse_configs("ref-B,B:fp32+compile") == [("ref-B", []), ("B", ["fp32", "compile"])]
+    assert bench.parse_configs("ref-B:avx2,B:avx2+unfused") == [("ref-B", ["avx2"]), ("B", ["avx2", "unfused"])]
     for bad in ("C", "B:fp16", "ref-B:bf16"):
         with pytest.raises(argparse.ArgumentTypeError, match="bad config"):
             bench.parse_configs(bad)

@@ -88,3 +88,20 @@ def test_scripts_pass_extra_flags_through():
     for name in ("run_dsprites_B.sh", "run_celeba_H.sh", "run_3dchairs_H.sh"):
         text = (ROOT / "scripts" / name).read_text()
         assert "set -eu" in text and '"$@"' in text
+
+
+def test_help_shows_every_default():
+    """Every flag's help ends with its default, or says that the default depends on the method."""
+    from main import build_parser
+
+    parser = build_parser()
+    text = parser.format_help()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, f"--{action.dest} has no help"
+        if action.default is None:
+            assert "default" in action.help, f"--{action.dest} does not say where its default comes from"
+        else:
+            assert f"(default: {action.default})" in " ".join(text.split()), f"--{action.dest}: default not shown"
+    assert "default per method: H 4" in " ".join(text.split())

@@ -29,6 +29,7 @@ from conftest import ROOT, run_args, write_dsprites_npz
 from PIL import Image
 
 import main as main_module
+import methods.betavae as betavae_module
 from checkpoint import CheckpointError, load_checkpoint
 from dataset import DSPRITES_FILE, ImageFolder
 from main import main
@@ -99,7 +100,7 @@ def gathered(root: Path, name: str) -> dict:
 def digest(folder: Path) -> dict:
     """Every file under folder with a hash of its bytes: to prove nothing was touched."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".run.lock"}  # the lock names its holder
 
 
 def wait_for(condition, proc: subprocess.Popen, log: Path, poll: float = 0.01, timeout: float = 120) -> None:
@@ -311,7 +312,7 @@ def test_resuming_with_other_flags_is_refused_and_touches_nothing(tmp_path, tiny
 
 def poison_model(monkeypatch, term: str, at_call: int) -> None:
     """Make the model's at_call-th training forward pass yield NaN in one loss term."""
-    build_model = main_module.build_model
+    build_model = betavae_module.build_model
 
     def build(*args, **kwargs):
         model = build_model(*args, **kwargs)
@@ -330,7 +331,7 @@ def poison_model(monkeypatch, term: str, at_call: int) -> None:
         model.forward = poisoned
         return model
 
-    monkeypatch.setattr(main_module, "build_model", build)
+    monkeypatch.setattr(betavae_module, "build_model", build)
 
 
 @pytest.mark.parametrize("term", ["reconstruction", "KL"])
@@ -395,7 +396,8 @@ def test_bad_dsprites_files_are_a_clear_error(tmp_path, capsys):
         assert main(run_args(tmp_path, dset_dir, "--viz_name", "bad", "--max_iter", "1")) == 1, kind
         err = capsys.readouterr().err
         assert str(path) in err and message in err and "Delete it" in err, (kind, err)
-    assert not (tmp_path / "checkpoints").exists()
+    # Only the run folder's lock file was made (before the data was read); no checkpoint was written.
+    assert [p.name for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()] == [".run.lock"]
 
 
 def test_bad_data_exits_1_without_a_stack_trace(tmp_path):
@@ -498,6 +500,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_training_goes_on(tmp_path, 
     capsys.readouterr()
 
     with monkeypatch.context() as m:  # every write fails: periodic saves warn, the final one is an error
+        m.setattr(main_module, "check_writable", lambda *a: None)  # the disk fills after the start-up check
         fail_fsync(m, times=None)
         assert main([*argv, "--max_iter", "6"]) == 1
     out, err = capsys.readouterr()
@@ -510,6 +513,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_training_goes_on(tmp_path, 
     assert [json.loads(line)["iter"] for line in metrics][-3:] == [4, 5, 6]  # training went on to the end
 
     with monkeypatch.context() as m:  # the disk recovers: the run resumes at 3 and ends saved
+        m.setattr(main_module, "check_writable", lambda *a: None)
         fail_fsync(m, times=2)
         assert main([*argv, "--max_iter", "6"]) == 0
     out = capsys.readouterr().out
