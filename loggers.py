@@ -1,23 +1,46 @@
 """Where training's numbers and pictures go: one small interface, a no-op default.
 
-The solver calls these four methods and nothing else, so training never depends
-on a visualisation server being up. `metrics.jsonl` is always written;
-visdom (viz_visdom.py) is added when `--viz_on` is true.
+The solver calls the Logger methods and nothing else, so training never depends on a
+visualisation server being up. `metrics.jsonl` is always written (JsonlLogger); PNG curves are
+drawn at the end (plots.py); visdom (viz_visdom.py) is added when `--viz_on` is true.
+
+Records are plain dicts with an "iter" key. Windows and figures adapt to the keys they carry:
+VAE methods log recon_loss, total_kld, mean_kld, loss, per-latent lists kld/mu/var and, for
+objective B, C; other methods add or log other numeric scalars (tc_loss, d_loss, ...), which go
+to one "losses" window; evaluations log {"iter": n, "eval": {score: value}}.
 """
 
-import json
-import math
-import warnings
-from pathlib import Path
+from __future__ import annotations
 
-import torch
+import json
+import logging
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent
+INSTALL_VISDOM = ("PIP_CONSTRAINT=build-constraints.txt PIP_BUILD_CONSTRAINT=build-constraints.txt "
+                  "pip install -r requirements-visdom.txt")
+LATENT_KEYS = ("kld", "mu", "var")  # per-latent lists: one value per latent, 0-based z0..z{N-1}
+VAE_SCALARS = ("recon_loss", "total_kld", "mean_kld", "C")  # drawn in the reconstruction and KL windows
+TOP_LATENTS = 10  # per-latent windows show this many latents and the mean of the others
+ACTIVE_KL = 0.01  # nats; a latent below it carries no information (the latent report's threshold)
 
 
 class Logger:
     """No-op base: training calls these; subclasses send the data somewhere."""
 
     def scalars(self, record: dict) -> None:
-        """A gathered point (every gather_step): averages over the interval, see Solver.gather."""
+        """A gathered point (every gather_step) or an evaluation: {"iter": n, ...}."""
 
     def flush(self, step: int) -> None:
         """Called every display_step: push whatever was buffered."""
@@ -25,24 +48,244 @@ class Logger:
     def images(self, step: int, name: str, grid: torch.Tensor) -> None:
         """A picture (C, H, W) float in [0, 1]: the reconstruction grid or a traversal."""
 
+    def heatmap(self, step: int, name: str, matrix, rows: Sequence[str], columns: Sequence[str]) -> None:
+        """A (len(rows), len(columns)) matrix, e.g. latents x factors (DCI importance, mutual information)."""
+
     def close(self) -> None:
         """End of run."""
 
+    def unwritten(self) -> int:
+        """How many records could not be persisted (after close: for good)."""
+        return 0
+
+
+# ------------------------------------------------------------------------------------ records
+
+
+def number(value) -> float:
+    """A float, or NaN (a gap in a curve) for what is not a number; never raises.
+
+    float() also reads the "nan"/"inf" strings that metrics.jsonl uses for non-finite values.
+    """
+    if isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def is_number(value) -> bool:
+    """A numeric scalar of a record: int, float (numpy's too), or one of the non-finite strings."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    return isinstance(value, str) and value.lower().lstrip("+-") in ("nan", "inf", "infinity")
+
+
+def other_scalars(record: dict) -> dict[str, float]:
+    """The numeric scalars of a record outside the VAE windows (loss, tc_loss, d_loss, ...)."""
+    return {key: number(value) for key, value in record.items()
+            if key not in ("iter", "eval", *VAE_SCALARS) and is_number(value)}
+
+
+def pick_latents(kld: Sequence | None, z_dim: int, top: int = TOP_LATENTS) -> list[int]:
+    """The latents a per-latent curve shows: all when z_dim <= top, else the `top` most informative.
+
+    Informative means the largest KL among latents above ACTIVE_KL; latents below it rank by index,
+    so the choice does not flicker with the noise of collapsed latents. Returned in index order,
+    which keeps a legend's order fixed while the selection holds.
+    """
+    if z_dim <= top:
+        return list(range(z_dim))
+    values = [number(v) for v in list(kld or [])[:z_dim]]
+    values += [math.nan] * (z_dim - len(values))
+
+    def rank(i: int) -> tuple[float, int]:
+        v = values[i]
+        return (-v if v >= ACTIVE_KL else 0.0, i)  # NaN compares False: ranked as inactive
+
+    return sorted(sorted(range(z_dim), key=rank)[:top])
+
+
+def read_metrics(path: str | os.PathLike) -> tuple[list[dict], int]:
+    """(records, unreadable) of a metrics.jsonl; ([], 0) for a missing file.
+
+    A line that is not a JSON object with a numeric "iter" (a cut line, damage) is skipped and
+    counted; blank lines are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return [], 0
+    records, unreadable = [], 0
+    with path.open("rb") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            record = _parse(line)
+            if record is None:
+                unreadable += 1
+            else:
+                records.append(record)
+    return records, unreadable
+
+
+def _parse(line: bytes) -> dict | None:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or not is_number(record.get("iter")) or math.isnan(number(record["iter"])):
+        return None
+    return record
+
+
+def plain(value):
+    """JSON has no NaN/inf: write them as strings so the file stays standard JSON.
+
+    numpy and torch numbers and arrays become plain numbers and lists first.
+    """
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------ loggers
+
 
 class JsonlLogger(Logger):
-    """Appends every gathered record to a JSON-lines file, flushed at once so none is lost."""
+    """Appends every record to a JSON-lines file as it comes; loses none.
 
-    def __init__(self, path: Path):
+    - A record that cannot be written (full disk, lost mount) is kept in memory and written,
+      in order, at the next record, flush or close; one warning per outage. `unwritten()` counts
+      what is still kept.
+    - A write cut short is truncated back, so the file never holds half a line of ours.
+    - A training run (resume_step given: the checkpoint's iteration, 0 for a fresh start) moves
+      the records after resume_step (a history it redoes) and a cut last line (power loss) out
+      to `<name>.superseded.jsonl` (appended, never deleted) and rewrites the log atomically.
+      Without resume_step (a `--train False` run may write beside training) the file is never
+      rewritten: a cut last line is only ended before the first record.
+    - A log replaced by another process's rewrite is reopened before the next write.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None):
         self.path = Path(path)
+        self.superseded_path = self.path.with_suffix(".superseded.jsonl")
+        self.superseded = 0  # records moved out on opening
+        self._pending: list[bytes] = []  # encoded records not yet in the file, in order
+        self._newline_first = False  # the file ends in a cut line we could not move out
+        self._fd: int | None = None
+        self._outage: str | None = None  # the error of the current outage, None while writes succeed
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._tidy(resume_step)
 
     def scalars(self, record: dict) -> None:
-        self._file.write(json.dumps(_finite(record)) + "\n")
-        self._file.flush()
+        self._pending.append((json.dumps(plain(record)) + "\n").encode())
+        self._write()
+
+    def flush(self, step: int) -> None:
+        self._write()
 
     def close(self) -> None:
-        self._file.close()
+        self._write()  # the final retry
+        if self._pending:
+            log.warning("%d records could not be written to %s (%s) and are lost when this process ends.",
+                        len(self._pending), self.path, self._outage)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def unwritten(self) -> int:
+        return len(self._pending)
+
+    def _write(self) -> None:
+        if not self._pending and not self._newline_first:
+            return
+        data = (b"\n" if self._newline_first else b"") + b"".join(self._pending)
+        try:
+            if self._fd is not None and self._replaced():
+                os.close(self._fd)
+                self._fd = None
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            start = os.fstat(self._fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except OSError:
+                try:
+                    os.ftruncate(self._fd, start)  # no half line of ours stays behind
+                except OSError:
+                    self._newline_first = True  # could not cut it: end it before the next record
+                raise
+        except OSError as err:
+            if self._outage is None:
+                log.warning("Could not write to %s (%s): the run goes on; the records are kept in memory "
+                            "and written when the file can be written again.", self.path, err)
+            self._outage = str(err)
+            return
+        if self._outage is not None:
+            log.warning("%s can be written again: %d waiting records written.", self.path, len(self._pending))
+            self._outage = None
+        self._pending.clear()
+        self._newline_first = False
+
+    def _replaced(self) -> bool:
+        """Whether the path now names another file than the one open (a rewrite by another run)."""
+        try:
+            return os.stat(self.path).st_ino != os.fstat(self._fd).st_ino
+        except OSError:
+            return True
+
+    def _tidy(self, resume_step: int | None) -> None:
+        """Move a cut last line and the records after resume_step out of the log (see the class)."""
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        body, cut = data[:end], data[end:]  # cut: a last line without its newline
+        if resume_step is None:  # never rewrite a file another process may be appending to
+            self._newline_first = bool(cut)
+            return
+        kept, moved = [], []
+        for line in body.splitlines(keepends=True):
+            record = _parse(line)
+            (moved if record is not None and number(record["iter"]) > resume_step else kept).append(line)
+        if cut:
+            moved.append(cut + b"\n")
+        if not moved:
+            return
+        from utils import atomic_write  # imports torch: only when a rewrite is due
+
+        try:
+            # Into the side file first, durably: a kill between the two steps leaves a record in
+            # both files, never in neither.
+            with open(self.superseded_path, "ab") as side:
+                side.write(b"".join(moved))
+                side.flush()
+                os.fsync(side.fileno())
+            atomic_write(self.path, lambda f: f.write(b"".join(kept)))
+        except OSError as err:
+            self._newline_first = bool(cut)
+            log.warning("Could not move %d lines out of %s into %s (%s): they stay in the log.",
+                        len(moved), self.path, self.superseded_path, err)
+            return
+        self.superseded = len(moved) - bool(cut)
+        parts = []
+        if self.superseded:
+            parts.append(f"{self.superseded} records after iteration {resume_step} (from the run that stopped; "
+                         "this run redoes them)")
+        if cut:
+            parts.append("a cut last line (the process was stopped mid-write)")
+        print(f"{self.path}: moved {' and '.join(parts)} to {self.superseded_path}.", flush=True)
 
 
 class MultiLogger(Logger):
@@ -50,13 +293,17 @@ class MultiLogger(Logger):
 
     def __init__(self, *loggers: Logger):
         self.loggers = list(loggers)
+        self._failed: set[tuple[int, str]] = set()  # (logger, method) pairs already warned about
 
     def _each(self, method: str, *args) -> None:
-        for logger in self.loggers:
+        for i, logger in enumerate(self.loggers):
             try:
                 getattr(logger, method)(*args)
             except Exception as err:  # a sink must never end a days-long run
-                warnings.warn(f"{type(logger).__name__}.{method} failed: {err}", stacklevel=3)
+                if (i, method) not in self._failed:  # once, not at every record
+                    self._failed.add((i, method))
+                    log.warning("%s.%s failed (%s: %s); the run goes on.", type(logger).__name__, method,
+                                type(err).__name__, err)
 
     def scalars(self, record: dict) -> None:
         self._each("scalars", record)
@@ -67,48 +314,62 @@ class MultiLogger(Logger):
     def images(self, step: int, name: str, grid: torch.Tensor) -> None:
         self._each("images", step, name, grid)
 
+    def heatmap(self, step: int, name: str, matrix, rows: Sequence[str], columns: Sequence[str]) -> None:
+        self._each("heatmap", step, name, matrix, rows, columns)
+
     def close(self) -> None:
         self._each("close")
+
+    def unwritten(self) -> int:
+        return sum(logger.unwritten() for logger in self.loggers)
 
 
 class CurvesLogger(Logger):
     """At the end of a run, draws metrics.jsonl as PNG training curves (plots.py) in run_dir/curves."""
 
-    def __init__(self, metrics_path: Path, out_dir: Path):
-        self.metrics_path, self.out_dir = Path(metrics_path), Path(out_dir)
+    def __init__(self, metrics_path: Path, out_dir: Path, top_latents: int = TOP_LATENTS):
+        self.metrics_path, self.out_dir, self.top_latents = Path(metrics_path), Path(out_dir), top_latents
 
     def close(self) -> None:
         from plots import save_curves  # matplotlib is imported only when the curves are drawn
 
-        save_curves(self.metrics_path, self.out_dir)
+        save_curves(self.metrics_path, self.out_dir, self.top_latents)
 
 
-def _finite(value):
-    """JSON has no NaN/inf: write them as strings so the file stays standard JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+def build_logger(run_dir: str | os.PathLike, viz_on: bool = False, viz_name: str = "main",
+                 server: str = "http://localhost", port: int = 8097, *_ignored,
+                 save_curves: bool = True, resume_step: int | None = None,
+                 top_latents: int = TOP_LATENTS) -> Logger:
+    """The JSONL log always; PNG curves at the end unless turned off; visdom when asked for and installed.
 
-
-def build_logger(run_dir: Path, viz_on: bool, viz_name: str, viz_server: str, viz_port: int,
-                 z_dim: int, objective: str, save_curves: bool = True) -> Logger:
-    """The JSONL log always; PNG curves at the end unless turned off; visdom when asked for and installed."""
-    metrics_path = Path(run_dir) / "metrics.jsonl"
-    loggers: list[Logger] = [JsonlLogger(metrics_path)]
+    resume_step: the iteration of the checkpoint a training run resumes from (0 for a fresh
+    start; None when not training): records after it are moved out of metrics.jsonl. `_ignored`
+    swallows the z_dim and objective that older callers pass; windows adapt to the records.
+    """
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    jsonl = JsonlLogger(metrics_path, resume_step)
+    loggers: list[Logger] = [jsonl]
     if save_curves:
-        loggers.append(CurvesLogger(metrics_path, Path(run_dir) / "curves"))
+        loggers.append(CurvesLogger(metrics_path, run_dir / "curves", top_latents))
     if viz_on:
         try:
             from viz_visdom import VisdomLogger
         except ImportError as err:
-            warnings.warn(f"--viz_on is true but visdom support is unavailable ({err}); "
-                          "training goes on and logs to metrics.jsonl. Install it with "
-                          "`pip install -r requirements.txt`.", stacklevel=2)
+            log.warning("--viz_on is true but visdom support is unavailable (%s); the run goes on and logs to "
+                        "%s. Install visdom in %s with: %s", err, metrics_path, ROOT, INSTALL_VISDOM)
         else:
-            loggers.append(VisdomLogger(viz_name=viz_name, server=viz_server, port=viz_port,
-                                        z_dim=z_dim, objective=objective))
+            # The windows start from the log, so a resumed run shows exactly what metrics.jsonl holds.
+            history, _ = read_metrics(metrics_path)
+            loggers.append(VisdomLogger(viz_name, server=server, port=port, history=history,
+                                        top_latents=top_latents, metrics_path=metrics_path))
     return MultiLogger(*loggers)
+
+
+def as_array(value, dtype: str = "float32") -> np.ndarray:
+    """A torch tensor or array-like as a numpy array of dtype (a copy the caller may keep)."""
+    import numpy as np
+
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().double().numpy()
+    return np.array(value, dtype=dtype)

@@ -12,9 +12,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from checkpoint import CheckpointError
-from dataset import DATASETS, BatchOrder, DataError, load_dataset
+from dataset import CHANNELS, DATASETS, DISTRIBUTIONS, BatchOrder, DataError, load_dataset
 from loggers import build_logger
-from methods import METHODS, Compute, build_method, method_name, per_method_defaults, resolve_defaults
+from methods import METHODS, Compute, adam_beta, build_method, method_name, per_method_defaults, resolve_defaults
 from model import MODELS
 from precision import CHOICES as PRECISIONS
 from precision import announce, choose
@@ -68,16 +68,40 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--objective", default="H", type=method_name, choices=list(METHODS), metavar="METHOD",
                         help="the method (any case): " + "; ".join(f"{k}: {v.summary}" for k, v in METHODS.items()))
     method.add_argument("--model", default=None, type=str.upper, choices=sorted(MODELS),
-                        help="architecture (default: the method's, H for objectives H and B as in the reference)")
+                        help="VAE architecture (default: the method's: H for objectives H and B as in the "
+                             "reference, DLIB, disentanglement_lib's, for factorvae, btcvae, dipvae_i and dipvae_ii; "
+                             "infogan, pca and ica have networks of their own)")
     method.add_argument("--z_dim", default=10, type=positive(int), help="number of latents")
     method.add_argument("--beta", default=None, type=float,
-                        help=f"KL weight (default per method: {per_method_defaults('beta')})")
+                        help=f"KL weight of H, TC weight of btcvae (default per method: {per_method_defaults('beta')})")
     method.add_argument("--gamma", default=None, type=float,
-                        help=f"weight of |KL - C| for B (default per method: {per_method_defaults('gamma')})")
+                        help="weight of |KL - C| for B, of the TC for factorvae (default per method: "
+                             f"{per_method_defaults('gamma')})")
     method.add_argument("--C_max", default=None, type=float,
                         help=f"final capacity C of objective B, in nats (default: {per_method_defaults('C_max')})")
     method.add_argument("--C_stop_iter", default=int(1e5), type=positive(iter_count),
                         help="iteration at which C reaches C_max (objective B)")
+    method.add_argument("--lambda_od", default=None, type=non_negative(float),
+                        help="DIP-VAE's weight of the off-diagonal covariance terms (default per method: "
+                             f"{per_method_defaults('lambda_od')})")
+    method.add_argument("--lambda_d", default=None, type=non_negative(float),
+                        help="DIP-VAE's weight of the diagonal covariance terms (default per method: "
+                             f"{per_method_defaults('lambda_d')})")
+    method.add_argument("--lr_D", default=None, type=positive(float),
+                        help=f"learning rate of the discriminator's Adam (default per method: "
+                             f"{per_method_defaults('lr_D')})")
+    method.add_argument("--beta1_D", default=None, type=adam_beta,
+                        help=f"its first-moment decay (default per method: {per_method_defaults('beta1_D')})")
+    method.add_argument("--beta2_D", default=None, type=adam_beta,
+                        help=f"its second-moment decay (default per method: {per_method_defaults('beta2_D')})")
+    method.add_argument("--lambda_mi", default=None, type=non_negative(float),
+                        help="InfoGAN's weight of the mutual-information term (default per method: "
+                             f"{per_method_defaults('lambda_mi')})")
+    method.add_argument("--noise_dim", default=None, type=non_negative(int),
+                        help="InfoGAN's noise inputs beside the z_dim codes, uniform on [-1, 1] (default per "
+                             f"method: {per_method_defaults('noise_dim')})")
+    method.add_argument("--fit_images", default=50_000, type=positive(int),
+                        help="images (a random subset drawn with --seed) that PCA and ICA are fitted on")
 
     optim = p.add_argument_group("optimiser (Adam)")
     optim.add_argument("--lr", default=1e-4, type=positive(float), help="learning rate")
@@ -85,10 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--beta2", default=0.999, type=float, help="Adam's second-moment decay")
 
     data = p.add_argument_group("data")
-    data.add_argument("--dset_dir", default="data", type=str, help="folder that holds the datasets")
+    data.add_argument("--dset_dir", default="data", type=str,
+                      help="folder that holds the datasets (with --dataset folder: the folder of images itself)")
     data.add_argument("--dataset", default="dsprites", type=str.lower, choices=sorted(DATASETS), help="dataset")
     data.add_argument("--image_size", default=64, type=positive(int), help="must be 64 for these models")
     data.add_argument("--num_workers", default=2, type=non_negative(int), help="loader processes (image folders)")
+    data.add_argument("--channels", default=None, type=int, choices=CHANNELS,
+                      help="image channels: 1 (greyscale) or 3 (colour); default: the dataset's (dsprites 1, "
+                           "celeba and 3dchairs 3), for --dataset folder detected from the images")
+    data.add_argument("--distribution", default=None, choices=DISTRIBUTIONS,
+                      help="decoder likelihood: bernoulli (binary images, line art) or gaussian (photographs); "
+                           "default: the dataset's (dsprites bernoulli, celeba and 3dchairs gaussian), for "
+                           "--dataset folder bernoulli for 1 channel and gaussian for 3")
+    data.add_argument("--subset", default=None, type=positive(int),
+                      help="train on a random subset of this many images, drawn with --seed (default: all)")
 
     viz = p.add_argument_group("monitoring and outputs")
     viz.add_argument("--viz_on", default=True, type=str2bool, help="stream to a visdom server")
@@ -101,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("--gather_step", default=1000, type=positive(iter_count), help="iterations per logged point")
     viz.add_argument("--display_step", default=10000, type=positive(iter_count),
                      help="iterations per status line and pictures")
-    viz.add_argument("--traverse_latents", default=10, type=non_negative(int),
-                     help="latents shown in traversal pictures and GIFs, the most informative (highest KL) first; "
-                          "0: all")
+    viz.add_argument("--top_latents", default=10, type=non_negative(int),
+                     help="latents shown by name in traversal pictures, GIFs and per-latent curves: the most "
+                          "informative (highest KL) first, the rest summarised in the curves; 0: all")
 
     evaluation = p.add_argument_group("evaluation")
     evaluation.add_argument("--eval_metrics", default=False, type=str2bool,
@@ -170,6 +204,8 @@ def data_identity(args, data) -> dict:
     identity = {"dataset": args.dataset, "images": len(data)}
     if path.is_file():
         identity["bytes"] = path.stat().st_size
+    if getattr(data, "full", None) is not None:  # a --subset: which one follows from its size, --seed and this
+        identity["subset_of"] = len(data.full)
     return identity
 
 
@@ -213,8 +249,11 @@ def build_solver(args: argparse.Namespace) -> Solver:
     config = run_config(args, precision, data)
     start_step, checkpoint = resume(args, config, method)
     run_dir = Path(args.output_dir) / args.viz_name
+    # A resumed run moves the stopped run's records after its checkpoint aside, so curves are not doubled;
+    # --train False only appends (it may run beside training).
     logger = build_logger(run_dir, args.viz_on, args.viz_name, args.viz_server, args.viz_port,
-                          args.z_dim, args.objective, save_curves=args.save_output)
+                          save_curves=args.save_output, resume_step=start_step if args.train else None,
+                          top_latents=args.top_latents)
     # --train False draws into its own folder, so it never replaces the training run's pictures.
     pictures_dir = run_dir if args.train else run_dir / "from_checkpoint"
     solver = Solver(
@@ -223,7 +262,7 @@ def build_solver(args: argparse.Namespace) -> Solver:
                           args.eval_step),
         logger=logger,
         outputs=OutputWriter(pictures_dir, data, spec.traverse_indices, device, args.seed, args.save_output,
-                             args.traverse_latents),
+                             args.top_latents),
         checkpointer=Checkpointer(Path(args.ckpt_dir) / args.viz_name, args.ckpt_name, config),
         num_workers=args.num_workers, start_step=start_step,
         evaluator=make_evaluator(data, device, run_dir, args, precision, config),
@@ -233,6 +272,10 @@ def build_solver(args: argparse.Namespace) -> Solver:
         if args.train:
             solver.load_state(checkpoint)
     return solver
+
+
+class RecordsLost(Exception):
+    """Training ended, but some metrics.jsonl records could not be written."""
 
 
 def run(args: argparse.Namespace) -> None:
@@ -245,6 +288,11 @@ def run(args: argparse.Namespace) -> None:
     if args.eval_metrics:
         solver.evaluate()
     solver.logger.close()
+    lost = solver.logger.unwritten()
+    if lost:
+        log = Path(args.output_dir) / args.viz_name / "metrics.jsonl"
+        raise RecordsLost(f"{lost} record(s) could not be written to {log} (the disk is full or unwritable); the "
+                          "checkpoints are intact. Free space and run the same command again to resume.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before training began, or a second signal while saving
         print("error: interrupted; the checkpoint on disk is the last one completely written.", file=sys.stderr)
         return 130
-    except (DataError, CheckpointError, NonFiniteLoss, RunLocked) as err:
+    except (DataError, CheckpointError, NonFiniteLoss, RunLocked, RecordsLost) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # a file that could not be written: full disk, lost mount, permissions

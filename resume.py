@@ -24,7 +24,7 @@ FREE_FLAGS = {
     "max_iter", "gather_step", "display_step", "save_step", "snapshot_step", "eval_step", "eval_metrics",
     "eval_scale", "dci_estimator", "viz_on", "viz_name", "viz_port", "viz_server", "save_output", "output_dir",
     "ckpt_dir", "ckpt_name", "dset_dir", "num_workers", "cuda", "train", "precision", "channels_last", "compile",
-    "traverse_latents", "resume_with_changes",
+    "top_latents", "resume_with_changes",
 }
 # Derived entries of the config: not flags, so not compared (the data is compared through `data`).
 DERIVED = {"nc", "precision_used", "precision_reason", "changes"}

@@ -2,14 +2,19 @@
 
 Pure torch + Pillow (no torchvision, no ImageMagick). Everything decodes the
 posterior *mean*, so drawing pictures never consumes the training RNG and a
-resumed run stays bit-identical to an uninterrupted one.
+resumed run stays bit-identical to an uninterrupted one. Files are encoded in
+memory and written atomically (utils.atomic_write): a kill leaves the old file
+or the new one, never a cut or empty one.
 """
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from utils import atomic_write
 
 TRAVERSE_LIMIT = 3.0  # each latent is swept over [-3, 3] ...
 TRAVERSE_STEPS = 10  # ... in 10 evenly spaced values
@@ -36,18 +41,22 @@ def to_pil(grid: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array.transpose(1, 2, 0)), mode="RGB")
 
 
+def _write_image(image: Image.Image, path: Path, **params) -> Path:
+    """Encode in memory, then write atomically; the format follows the file's extension."""
+    encoded = io.BytesIO()
+    image.save(encoded, format=Image.registered_extensions()[Path(path).suffix.lower()], **params)
+    atomic_write(path, lambda f: f.write(encoded.getvalue()))
+    return Path(path)
+
+
 def save_png(grid: torch.Tensor, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(grid).save(path)
-    return path
+    return _write_image(to_pil(grid), path)
 
 
 def save_gif(frames: list[torch.Tensor], path: Path, ms_per_frame: int = 200) -> Path:
     """Write frames (each (C, H, W) in [0, 1]) as a looping GIF."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     images = [to_pil(f).convert("P") if f.shape[0] == 3 else to_pil(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
-    return path
+    return _write_image(images[0], path, save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
 
 
 @torch.no_grad()
@@ -64,7 +73,8 @@ def traverse(model, image: torch.Tensor, order: list[int] | None = None) -> torc
     """Decode each latent swept over [-limit, limit] with the others at the image's mean.
 
     image (C, H, W) -> (rows, steps, C, H, W), one row per latent in `order`
-    (default: 0..z_dim-1; pass latents sorted by KL to put the informative ones first).
+    (default: 0..z_dim-1; pass latents sorted by KL to put the informative ones first, or
+    a subset such as the top-k by KL: the other latents stay at the image's mean).
     """
     mu, _ = model.encode(image.unsqueeze(0))  # (1, z)
     z_dim = mu.shape[1]
@@ -94,9 +104,7 @@ def save_labelled_png(grid: torch.Tensor, labels: list[str], path: Path, margin:
     row_height = image.height / max(len(labels), 1)
     for row, label in enumerate(labels):
         draw.text((4, int(row_height * (row + 0.5)) - 6), label, fill="black", font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return _write_image(canvas, path)
 
 
 def save_traversal_gif(rows: torch.Tensor, path: Path) -> Path:

@@ -5,6 +5,10 @@
     sh scripts/visdom_server.sh --port 8098
     python scripts/visdom_server.py --fetch-only # only fetch the page assets
 
+http://localhost:8097 opens the lines environment of the most recently updated run; the page's
+Environment box lists every run (`<viz_name>_lines`, `_reconstruction`, `_traverse`), and the
+start-up message prints their addresses. Ctrl-C stops the server.
+
 `python -m visdom.server` downloads the page's JavaScript, CSS and fonts from
 CDNs at every start and crashes when it cannot reach them.  This helper
 instead fetches the same files, pinned to the versions visdom 0.2.4 asks
@@ -34,10 +38,13 @@ from pathlib import Path
 DEFAULT_PORT = 8097
 DEFAULT_STATIC_DIR = Path(__file__).resolve().parent / "visdom_static"
 HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[1]
 INSTALL_HINT = (
-    "pip install 'visdom==0.2.4' 'tornado>=6.5,<6.6' "
-    "(see the README: visdom's sdist needs setuptools<81 to build)"
+    f"Install it in {ROOT} with: PIP_CONSTRAINT=build-constraints.txt "
+    "PIP_BUILD_CONSTRAINT=build-constraints.txt pip install -r requirements-visdom.txt "
+    "(or start the server with `sh scripts/visdom_server.sh`, which does that)"
 )
+RUN_SUFFIX = "_lines"  # the env of a run's curves, named <viz_name>_lines by the training logger
 
 
 @dataclass(frozen=True)
@@ -242,39 +249,77 @@ def _check_tornado() -> None:
         )
 
 
+def runs(env_path: Path) -> list[str]:
+    """The runs' lines envs saved in env_path, most recently updated first."""
+    saved = [p for p in env_path.glob(f"*{RUN_SUFFIX}.json") if p.is_file()]
+    return [p.stem for p in sorted(saved, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def _handlers():
+    """Two tornado handlers that adjust visdom's page (imported late: visdom may be missing)."""
+    import tornado.web
+    from visdom.server.handlers.web_handlers import IndexHandler
+
+    class QuietStaticFiles(tornado.web.StaticFileHandler):
+        @classmethod
+        def get_version(cls, settings, path):
+            # index.html links ../user/style.css (the user's CSS, served by a visdom handler, not
+            # a static file) through static_url, which would log "Could not open static file" at
+            # every page load while hashing a file that is not there.
+            if path.startswith("../user/"):
+                return None
+            return super().get_version(settings, path)
+
+    class LatestRun(IndexHandler):
+        """The bare address opens the most recently updated run's curves."""
+
+        def get(self, args="", **kwargs):
+            latest = runs(Path(self.env_path))
+            if latest:
+                self.redirect(f"/env/{latest[0]}")
+            else:
+                super().get(args, **kwargs)
+
+    return QuietStaticFiles, LatestRun
+
+
 def serve(port: int, env_path: Path, static_dir: Path | None) -> None:
-    """Run the visdom server in this process until it is killed."""
+    """Run the visdom server in this process until it is killed or Ctrl-C."""
+    import tornado.ioloop
     import visdom.server.app as visdom_app
-    from visdom.server.run_server import start_server
+    from tornado.routing import PathMatches, Rule
 
     _check_tornado()
+    quiet_static, latest_run = _handlers()
+    # visdom reads these module-level settings when the Application is built: the static folder
+    # serves the fetched assets without writing into site-packages.
     if static_dir is not None:
-        # visdom reads the static folder from this module-level dict when the
-        # Application is built; pointing it here serves the fetched assets
-        # without writing into site-packages.
         visdom_app.tornado_settings["static_path"] = str(static_dir)
+    visdom_app.tornado_settings["static_handler_class"] = quiet_static
     env_path.mkdir(parents=True, exist_ok=True)
+    # visdom's own start_server, without the CDN download that `python -m visdom.server` runs
+    # first, listening on 127.0.0.1 only.
+    app = visdom_app.Application(port=port, base_url="", env_path=str(env_path) + os.sep)
+    # The bare address first; visdom's catch-all page handler stays behind it.
+    router = app.wildcard_router
+    router.rules.insert(0, router.process_rule(Rule(PathMatches(r"/"), latest_run, {"app": app})))
     try:
-        # start_server skips the CDN download that `python -m visdom.server`
-        # runs first; bind_local keeps the server on 127.0.0.1 only.
-        start_server(
-            port=port,
-            hostname=HOST,
-            base_url="",
-            env_path=str(env_path) + os.sep,
-            bind_local=True,
-            print_func=lambda p: print(
-                f"visdom server ready: open http://localhost:{p} "
-                f"(envs saved in {env_path}; Ctrl-C stops it)",
-                flush=True,
-            ),
-        )
+        app.listen(port, max_buffer_size=1024**3, address=HOST)
     except OSError as err:
         sys.exit(
             f"error: cannot listen on {HOST}:{port}: {err.strerror}. Is another "
             f"visdom server already running there (open http://localhost:{port})? "
             "Pick another port with --port."
         )
+    print(f"visdom server ready: open http://localhost:{port} (envs saved in {env_path}; Ctrl-C stops it)",
+          flush=True)
+    found = runs(env_path)
+    if found:
+        print(f"{len(found)} runs here; http://localhost:{port} opens the most recent, the page's Environment "
+              "box lists all:", flush=True)
+        for env in found[:10]:
+            print(f"  http://localhost:{port}/env/{env}", flush=True)
+    tornado.ioloop.IOLoop.current().start()
 
 
 # ---------------------------------------------------- used by the tests
@@ -311,9 +356,20 @@ def wait_until_up(port: int, process: subprocess.Popen | None = None, log_file: 
 # ------------------------------------------------------------------ main
 
 
+def port_number(value: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value!r}")
+    return port
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT,
                         help=f"port on 127.0.0.1 (default {DEFAULT_PORT})")
     parser.add_argument("--env-path", type=Path, default=Path.home() / ".visdom",
                         help="where the server keeps saved envs (default ~/.visdom)")
@@ -329,6 +385,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
+    try:
+        _run(args)
+    except KeyboardInterrupt:  # Ctrl-C is how a person stops the server: no traceback
+        print("\nvisdom server stopped.", flush=True)
+
+
+def _run(args: argparse.Namespace) -> None:
     if importlib.util.find_spec("visdom") is None:
         sys.exit(f"error: visdom is not installed. {INSTALL_HINT}")
     static_dir = args.static_dir.resolve()

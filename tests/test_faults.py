@@ -478,11 +478,14 @@ def test_bad_flag_is_an_argparse_error_before_any_data_is_read(flag, value, tmp_
 # --------------------------------------------------------------------------- 8. disk
 
 
-def fail_fsync(monkeypatch, times: int | None) -> None:
-    """os.fsync raises ENOSPC, as on a full disk: `times` times, or always (None)."""
+def fail_fsync(monkeypatch, times: int | None, under: Path | None = None) -> None:
+    """os.fsync raises ENOSPC, as on a full disk: `times` times, or always (None); only for files under
+    `under` when given (found through /proc/self/fd), so that other files' writes do not use up the count."""
     real, count = os.fsync, [0]
 
     def fsync(fd):
+        if under is not None and not os.readlink(f"/proc/self/fd/{fd}").startswith(str(under)):
+            return real(fd)
         count[0] += 1
         if times is None or count[0] <= times:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -514,7 +517,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_training_goes_on(tmp_path, 
 
     with monkeypatch.context() as m:  # the disk recovers: the run resumes at 3 and ends saved
         m.setattr(main_module, "check_writable", lambda *a: None)
-        fail_fsync(m, times=2)
+        fail_fsync(m, times=2, under=folder)  # the checkpoints' disk recovers after two more failed writes
         assert main([*argv, "--max_iter", "6"]) == 0
     out = capsys.readouterr().out
     assert "Resumed from" in out and "at iteration 4 (" in out and "at iteration 5 (" in out

@@ -256,3 +256,14 @@ def test_a_checkpoint_is_never_named_when_none_exists(tmp_path, tiny_dsprites, m
     assert main_module.main(argv) == 1
     err = capsys.readouterr().err
     assert "No checkpoint was written" in err and "it starts over" in err and "resumes" not in err
+
+
+def test_records_that_could_not_be_written_make_the_run_fail(tmp_path, tiny_dsprites, monkeypatch, capsys):
+    import loggers
+
+    monkeypatch.setattr(loggers.JsonlLogger, "_write", lambda self: None)  # metrics.jsonl never takes a record
+    argv = run_args(tmp_path, tiny_dsprites, *QUICK, "--viz_name", "lost", "--max_iter", "3")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "3 record(s) could not be written" in err and "metrics.jsonl" in err
+    assert load_checkpoint(tmp_path / "checkpoints" / "lost" / "last")["iter"] == 3  # the run itself is saved

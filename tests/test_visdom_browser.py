@@ -64,7 +64,7 @@ def page_server(tmp_path_factory):
 
 
 def push_points(port: int) -> None:
-    logger = VisdomLogger("page", port=port, z_dim=3, objective="B")
+    logger = VisdomLogger("page", port=port)
     for i in range(1, 11):
         logger.scalars({"iter": 100 * i, "recon_loss": 60.0 / i, "total_kld": 0.9 * i, "mean_kld": 0.3 * i,
                         "kld": [0.5 * i, 0.3 * i, 0.1 * i], "mu": [0.1 * i, -0.1 * i, 0.0],
@@ -95,7 +95,7 @@ def test_page_renders_every_curve(page_server):
         assert f">{title}<" in dom, f"no window titled {title!r} in the page"
     assert dom.count('class="main-svg"') >= len(TITLES), "plotly did not draw the windows"
     legend = set(re.findall(r'data-unformatted="([^"]+)"', dom))
-    assert {"z1", "z2", "z3", "mean", "total", "C", "beta_vae", "mig"} <= legend, legend
+    assert {"z0", "z1", "z2", "mean", "total", "C", "beta_vae", "mig"} <= legend, legend
     # One drawn line per trace: 1 + (3 + 3) + 3 + 3 + 2.
     assert dom.count('class="js-line"') >= 15
 

@@ -1,0 +1,31 @@
+#!/bin/sh
+# Install everything the tests need, exactly as a user would, then run the whole suite.
+#
+#   sh scripts/test.sh            # what CI runs (.ci/run)
+#   sh scripts/test.sh -x -k lock # extra arguments go to pytest
+#
+# requirements.txt: the trainer, the evaluation, the studies (Ray) and pytest.
+# requirements-visdom.txt: live monitoring; visdom 0.2.4 ships only as an sdist whose setup.py needs
+# pkg_resources, hence the setuptools<81 build constraint.
+# Debian's chromium (when this runs as root and it is missing): the visdom page rendered headless.
+set -eu
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python}
+"$python" -m pip install -q -r requirements.txt
+PIP_CONSTRAINT=build-constraints.txt PIP_BUILD_CONSTRAINT=build-constraints.txt \
+    "$python" -m pip install -q -r requirements-visdom.txt
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-dejavu-core; } \
+            || echo "chromium could not be installed: the browser test will be skipped"
+    else
+        echo "chromium is not installed (apt-get install chromium): the browser test will be skipped"
+    fi
+fi
+status=0
+"$python" -m pytest -q "$@" || status=$?
+# pytest exits 5 when it collects no test; that is a broken suite here, not a pass.
+if [ "$status" -eq 5 ]; then
+    echo "pytest collected no tests" >&2
+fi
+exit "$status"
