@@ -24,8 +24,8 @@ from model import MODELS, BetaVAE, build_model
 from utils import atomic_write
 
 # The config entries that must agree between a checkpoint and the flags to resume it, as the user knows them.
-ARCHITECTURE_KEYS = {"model": "--model", "z_dim": "--z_dim", "nc": "image channels (set by --dataset)",
-                     "objective": "--objective"}
+ARCHITECTURE_KEYS = {"model": "--model", "z_dim": "--z_dim", "nc": "image channels (--dataset, --channels)",
+                     "objective": "--objective", "noise_dim": "--noise_dim (InfoGAN)"}
 START_FRESH = ("To start fresh instead, pass a new --viz_name, or a --ckpt_name naming a file that does not "
                "exist yet; the files already there are left untouched.")
 
@@ -272,8 +272,8 @@ def describe_weights(state_dict: dict) -> dict:
 def checkpoint_architecture(checkpoint: dict) -> dict:
     """The ARCHITECTURE_KEYS of a checkpoint: from its config where it has one, else from its weights."""
     config = checkpoint.get("config") or {}
-    if all(key in config for key in ARCHITECTURE_KEYS):
-        return {key: config[key] for key in ARCHITECTURE_KEYS}
+    if all(key in config for key in ("model", "z_dim", "nc", "objective")):  # older configs lack noise_dim
+        return {key: config[key] for key in ARCHITECTURE_KEYS if key in config}
     facts = describe_weights(checkpoint["model_states"]["net"])
     if "objective" in config:
         facts["objective"] = config["objective"]

@@ -2,17 +2,21 @@
 
 dSprites is held in memory bit-packed (737,280 × 64 × 8 bytes = 360 MiB, against
 11.25 GiB as float32) and unpacked to float per batch, on whatever device the
-batch is drawn on. Image folders (CelebA, 3DChairs) are decoded lazily by
-DataLoader workers. Both draw their batch indices from `BatchOrder`, a pure
-function of (seed, step), so a resumed run sees exactly the batches it would
-have seen without the interruption.
+batch is drawn on. Image folders (CelebA, 3DChairs, or any folder with --dataset folder)
+are decoded lazily by DataLoader workers, in grey (1 channel) or colour (3). Both draw their
+batch indices from `BatchOrder`, a pure function of (seed, step), so a resumed run sees
+exactly the batches it would have seen without the interruption. `--subset N` trains on a
+seeded random subset of any of them (`Subset`).
+
+`dataset_spec(args)` is the table entry with the run's --channels, --distribution and --subset
+applied: what the model, the loss and the loader are built from.
 """
 
 import struct
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,17 @@ DSPRITES_KEYS = ("imgs", "latents_classes")
 DSPRITES_FIX = ("Delete it to have it generated again, or put the real file from "
                 "https://github.com/deepmind/dsprites-dataset in its place.")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
+CHANNELS = (1, 3)  # --channels: greyscale or colour
+DISTRIBUTIONS = ("bernoulli", "gaussian")  # --distribution: the decoder likelihoods of losses.reconstruction_loss
+# The decoder likelihood of an image folder by its channels, unless --distribution says otherwise. It follows the
+# reference's pairing (one-channel dSprites Bernoulli; colour CelebA and 3D Chairs Gaussian): Bernoulli
+# cross-entropy is the usual likelihood of grey levels in [0, 1] (binary images, line art, MNIST-like data) and
+# keeps the scale the published β values were set on; the squared error suits colour photographs. Grey
+# photographs may train better with --distribution gaussian.
+DISTRIBUTION_FOR_CHANNELS = {1: "bernoulli", 3: "gaussian"}
+GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # Pillow modes of one-channel images
+HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # more than 8 bits per channel
+DETECT_IMAGES = 32  # images whose mode decides the channels of --dataset folder
 
 
 class DataError(Exception):
@@ -35,13 +50,15 @@ class DatasetSpec:
     """Everything the rest of the code needs to know about one dataset."""
 
     name: str  # the canonical (lower-case) --dataset value
-    nc: int  # image channels
-    distribution: str  # decoder likelihood: 'bernoulli' or 'gaussian'
-    relpath: str  # file or folder under --dset_dir
+    nc: int  # image channels (0: decided per run, by --channels or the images)
+    distribution: str  # decoder likelihood: 'bernoulli' or 'gaussian' ('': by channels, DISTRIBUTION_FOR_CHANNELS)
+    relpath: str  # file or folder under --dset_dir ('': --dset_dir itself)
     source: str  # where a user gets the data
     kind: str  # 'dsprites' (one npz) or 'folder' (images found recursively)
     # Images whose traversals are drawn at every display step, by dataset index.
     traverse_indices: dict = field(default_factory=dict)
+    subset: int | None = None  # --subset: train on this many images, drawn with subset_seed (None: all)
+    subset_seed: int = 0
 
     def path(self, dset_dir: str | Path) -> Path:
         return Path(dset_dir) / self.relpath
@@ -75,7 +92,29 @@ DATASETS: dict[str, DatasetSpec] = {
         kind="folder",
         traverse_indices={"fixed_img": 0},
     ),
+    "folder": DatasetSpec(
+        name="folder",
+        nc=0,
+        distribution="",
+        relpath="",
+        source="any folder of images, found recursively: pass it as --dset_dir",
+        kind="folder",
+        traverse_indices={"fixed_img": 0},
+    ),
 }
+
+
+def dataset_spec(args) -> DatasetSpec:
+    """DATASETS[args.dataset] with this run's --channels, --distribution and --subset (drawn with --seed) applied.
+
+    A folder's channels, when --channels does not give them, are detected from its images."""
+    spec = DATASETS[args.dataset]
+    channels = getattr(args, "channels", None) or spec.nc or detect_channels(spec, spec.path(args.dset_dir))
+    if spec.kind == "dsprites" and channels != 1:
+        raise DataError(f"--channels {channels}: dSprites images have one channel; leave --channels out or pass 1.")
+    distribution = getattr(args, "distribution", None) or spec.distribution or DISTRIBUTION_FOR_CHANNELS[channels]
+    return replace(spec, nc=channels, distribution=distribution, subset=getattr(args, "subset", None),
+                   subset_seed=args.seed)
 
 
 # --------------------------------------------------------------------------- dSprites
@@ -205,7 +244,7 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """All images under a folder, found recursively, as uint8 RGB (3, 64, 64).
+    """All images under a folder, found recursively, as (channels, 64, 64): RGB (3) or grey (1).
 
     Works with the official CelebA layout (`img_align_celeba/*.jpg`) and flat
     folders alike; files without an image extension are ignored. Image files whose
@@ -214,18 +253,16 @@ class ImageFolder(torch.utils.data.Dataset):
     but whose data is damaged only fails when decoded: the next image in the folder
     takes its place (the same one every time, so runs stay reproducible), and such
     files are reported once and then at 10, 100, 1000... per loading process.
+
+    Images are uint8 (scale 1/255). One of more than 8 bits per channel (16-bit PNG or TIFF, Pillow
+    modes I;16 and I, or float F) is first scaled to [0, 1] by its real range (unit_range), never
+    clipped to 8 bits as Pillow's own conversion does.
     """
 
-    nc = 3
-    scale = 1.0 / 255.0
-
-    def __init__(self, root: Path, image_size: int = 64):
+    def __init__(self, root: Path, image_size: int = 64, channels: int = 3):
         if not root.is_dir():
             raise DataError(f"no image folder at {root}")
-        try:
-            candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        except OSError as err:
-            raise DataError(f"cannot list the images under {root} ({err}); check the folder's permissions.") from None
+        candidates = _image_files(root)
         self.files, skipped = [], []
         for p in candidates:
             (self.files if _is_readable_image(p) else skipped).append(p)
@@ -238,6 +275,8 @@ class ImageFolder(torch.utils.data.Dataset):
                             "Put the dataset's images there, or point --dset_dir at the folder that holds them.")
         self.root = root
         self.image_size = image_size
+        self.nc = channels
+        self.scale = 1.0 / 255.0  # uint8 value -> float in [0, 1]
         self.undecodable: set[Path] = set()  # files found damaged past their header, in this process
 
     def __len__(self) -> int:
@@ -251,7 +290,7 @@ class ImageFolder(torch.utils.data.Dataset):
             if path in self.undecodable:
                 continue
             try:
-                return load_image(path, self.image_size)
+                return load_image(path, self.image_size, self.nc)
             except DECODE_ERRORS as err:
                 self._report_undecodable(path, err)
         raise DataError(f"none of the {len(self.files)} images under {self.root} could be decoded: they are "
@@ -266,7 +305,7 @@ class ImageFolder(torch.utils.data.Dataset):
                           f"the next report comes at {10 * count}.", stacklevel=3)
 
     def get(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices (B,) -> uint8 images (B, 3, 64, 64): the same call as DSprites.get."""
+        """indices (B,) -> uint8 images (B, C, 64, 64): the same call as DSprites.get."""
         return torch.stack([self[int(i)] for i in indices])
 
 
@@ -276,36 +315,131 @@ def _is_power_of_ten(n: int) -> bool:
     return n == 1
 
 
-def _is_readable_image(path: Path) -> bool:
-    """A cheap header check: Pillow identifies the format without decoding pixels."""
+def _image_files(root: Path) -> list[Path]:
     try:
-        with Image.open(path):
-            return True
+        return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    except OSError as err:
+        raise DataError(f"cannot list the images under {root} ({err}); check the folder's permissions.") from None
+
+
+def _image_mode(path: Path) -> str | None:
+    """A cheap header check: Pillow identifies the format and mode without decoding pixels (None: unreadable)."""
+    try:
+        with Image.open(path) as img:
+            return img.mode
     except DECODE_ERRORS:
-        return False
+        return None
 
 
-def load_image(path: Path, size: int = 64) -> torch.Tensor:
-    """Any Pillow-readable image -> uint8 RGB tensor (3, size, size); raises one of DECODE_ERRORS if damaged."""
+def _is_readable_image(path: Path) -> bool:
+    return _image_mode(path) is not None
+
+
+def detect_channels(spec: DatasetSpec, root: Path) -> int:
+    """1 when the folder's first images (DETECT_IMAGES of them, in sorted order) are all greyscale, else 3."""
+    if not root.is_dir():
+        raise missing_folder(spec, root)
+    modes = []
+    for path in _image_files(root):
+        mode = _image_mode(path)
+        if mode is not None:
+            modes.append(mode)
+        if len(modes) == DETECT_IMAGES:
+            break
+    channels = 1 if modes and all(mode in GREY_MODES for mode in modes) else 3
+    print(f"{root}: {'greyscale' if channels == 1 else 'colour'} images, so {channels} channel"
+          f"{'s' if channels == 3 else ''} (--channels sets it).")
+    return channels
+
+
+def unit_range(img: Image.Image) -> np.ndarray:
+    """A one-channel image of more than 8 bits (mode I;16*, I or F) -> float32 (H, W) in [0, 1], scaled
+    from its own minimum to its maximum (a constant image becomes 0).
+
+    Such files rarely fill their nominal range: 12-bit sensors in 16-bit PNGs, depth and thermal maps,
+    float TIFFs; their own range is the one that holds the picture. Pillow's own conversion to 8 bits
+    instead clips every value above 255 to white.
+    """
+    values = np.asarray(img, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    return ((values - low) / (high - low) if high > low else np.zeros_like(values)).astype(np.float32)
+
+
+def load_image(path: Path, size: int = 64, channels: int = 3) -> torch.Tensor:
+    """Any Pillow-readable image -> uint8 (channels, size, size).
+
+    Colour becomes grey by Pillow's luma (ITU-R 601) and grey becomes colour by repeating it; more than
+    8 bits per channel are scaled by unit_range, resized in float, then rounded to 8 bits. Raises one of
+    DECODE_ERRORS if the file is damaged."""
     with Image.open(path) as img:
-        rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+        if img.mode in HIGH_BIT_MODES:
+            grey = Image.fromarray(unit_range(img)).resize((size, size), Image.BILINEAR)  # mode F, in [0, 1]
+            pixels = np.repeat(np.rint(np.asarray(grey) * 255)[None], channels, axis=0)  # (C, H, W)
+        else:
+            small = np.asarray(img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR))
+            pixels = small[None] if channels == 1 else small.transpose(2, 0, 1)  # (C, H, W)
+    return torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C"))  # a writable copy
+
+
+# --------------------------------------------------------------------------- subsets
+
+
+class Subset:
+    """A random subset of `size` images of a dataset (--subset), drawn with `seed`: the same interface.
+
+    Image i of the subset is image indices[i] of `full`. The scores draw images by their factors from
+    the whole dataset, so a subset has no factor interface of its own: score on `full`.
+    """
+
+    has_factors = False
+
+    def __init__(self, full, size: int, seed: int):
+        if size > len(full):
+            raise DataError(f"--subset {size}: the dataset has only {len(full):,} images; pass at most that many, "
+                            "or leave --subset out to use them all.")
+        self.full, self.nc, self.scale = full, full.nc, full.scale
+        generator = torch.Generator().manual_seed(seed)
+        self.indices = torch.randperm(len(full), generator=generator)[:size].sort().values  # (size,)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def get(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.full.get(self.indices[indices.cpu()])
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.full[int(self.indices[index])]
+
+    def to(self, device: torch.device) -> "Subset":
+        if hasattr(self.full, "to"):
+            self.full = self.full.to(device)
+        return self
 
 
 # --------------------------------------------------------------------------- loading by name
 
 
+def missing_folder(spec: DatasetSpec, path: Path) -> DataError:
+    if spec.name == "folder":
+        return DataError(f"--dataset folder: no folder at {path}. Pass the folder that holds the images as "
+                         "--dset_dir.")
+    return DataError(f"{spec.name}: expected its images under {path} (found nothing there). "
+                     f"Get the data from {spec.source} and put the images in that folder, "
+                     "or point --dset_dir at the folder that contains it.")
+
+
 def load_dataset(spec: DatasetSpec, dset_dir: str | Path):
-    """Return the in-memory (DSprites) or lazy (ImageFolder) dataset for a table entry."""
+    """Return the in-memory (DSprites) or lazy (ImageFolder) dataset for a table entry (a Subset of it when
+    the entry says so)."""
     path = spec.path(dset_dir)
     if spec.kind == "dsprites":
         ensure_dsprites(path)
-        return load_dsprites(path)
-    if not path.is_dir():
-        raise DataError(f"{spec.name}: expected its images under {path} (found nothing there). "
-                        f"Get the data from {spec.source} and put the images in that folder, "
-                        "or point --dset_dir at the folder that contains it.")
-    return ImageFolder(path)
+        data = load_dsprites(path)
+    elif not path.is_dir():
+        raise missing_folder(spec, path)
+    else:
+        data = ImageFolder(path, channels=spec.nc or detect_channels(spec, path))
+    return Subset(data, spec.subset, spec.subset_seed) if spec.subset else data
 
 
 # --------------------------------------------------------------------------- batch order
@@ -347,7 +481,7 @@ def batches(data, order: BatchOrder, start_step: int, device: torch.device, num_
     In-memory data is gathered by index directly (no worker processes, no per-image
     collation); folder data is decoded by DataLoader workers in the same order.
     """
-    if isinstance(data, DSprites):
+    if isinstance(getattr(data, "full", data), DSprites):  # in memory, a subset of it too
         for step in range(start_step, 2**62):
             yield data.get(order.indices(step)).to(device, non_blocking=True).float()
         return

@@ -337,14 +337,14 @@ class CurvesLogger(Logger):
 
 
 def build_logger(run_dir: str | os.PathLike, viz_on: bool = False, viz_name: str = "main",
-                 server: str = "http://localhost", port: int = 8097, *_ignored,
+                 server: str = "http://localhost", port: int = 8097, *,
                  save_curves: bool = True, resume_step: int | None = None,
                  top_latents: int = TOP_LATENTS) -> Logger:
     """The JSONL log always; PNG curves at the end unless turned off; visdom when asked for and installed.
 
     resume_step: the iteration of the checkpoint a training run resumes from (0 for a fresh
-    start; None when not training): records after it are moved out of metrics.jsonl. `_ignored`
-    swallows the z_dim and objective that older callers pass; windows adapt to the records.
+    start; None when not training): records after it are moved out of metrics.jsonl. No method
+    or objective is named: windows adapt to the records.
     """
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.jsonl"

@@ -12,9 +12,19 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from checkpoint import CheckpointError
-from dataset import CHANNELS, DATASETS, DISTRIBUTIONS, BatchOrder, DataError, load_dataset
+from dataset import CHANNELS, DATASETS, DISTRIBUTIONS, BatchOrder, DataError, dataset_spec, load_dataset
 from loggers import build_logger
-from methods import METHODS, Compute, adam_beta, build_method, method_name, per_method_defaults, resolve_defaults
+from methods import (
+    METHODS,
+    OPTIMIZER_DEFAULTS,
+    Compute,
+    adam_beta,
+    build_method,
+    flag_errors,
+    method_name,
+    per_method_defaults,
+    resolve_defaults,
+)
 from model import MODELS
 from precision import CHOICES as PRECISIONS
 from precision import announce, choose
@@ -104,9 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images (a random subset drawn with --seed) that PCA and ICA are fitted on")
 
     optim = p.add_argument_group("optimiser (Adam)")
-    optim.add_argument("--lr", default=1e-4, type=positive(float), help="learning rate")
-    optim.add_argument("--beta1", default=0.9, type=float, help="Adam's first-moment decay")
-    optim.add_argument("--beta2", default=0.999, type=float, help="Adam's second-moment decay")
+    optim.add_argument("--lr", default=None, type=positive(float),
+                       help=f"learning rate (default: {OPTIMIZER_DEFAULTS['lr']:g}; per method: "
+                            f"{per_method_defaults('lr')})")
+    optim.add_argument("--beta1", default=None, type=float,
+                       help=f"Adam's first-moment decay (default: {OPTIMIZER_DEFAULTS['beta1']:g}; per method: "
+                            f"{per_method_defaults('beta1')})")
+    optim.add_argument("--beta2", default=None, type=float,
+                       help=f"Adam's second-moment decay (default: {OPTIMIZER_DEFAULTS['beta2']:g}; per method: "
+                            f"{per_method_defaults('beta2')})")
 
     data = p.add_argument_group("data")
     data.add_argument("--dset_dir", default="data", type=str,
@@ -184,10 +200,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"argument --seed: must be between 0 and 2**32 - 1 (what NumPy accepts), got {args.seed}")
     if not 1 <= args.viz_port <= 65535:
         parser.error(f"argument --viz_port: a port is between 1 and 65535, got {args.viz_port}")
+    resolve_defaults(args)
+    for message in flag_errors(args):
+        parser.error(message)
     for flag in ("beta1", "beta2"):
         if not 0 <= getattr(args, flag) < 1:
             parser.error(f"argument --{flag}: Adam needs 0 <= {flag} < 1, got {getattr(args, flag)}")
-    resolve_defaults(args)
     for flag in ("beta", "gamma", "C_max"):
         value = getattr(args, flag)
         if value is not None and not (value >= 0 and math.isfinite(value)):
@@ -209,14 +227,18 @@ def data_identity(args, data) -> dict:
     return identity
 
 
-def run_config(args: argparse.Namespace, precision, data) -> dict:
+def run_config(args: argparse.Namespace, spec, precision, data) -> dict:
     """The flags in effect plus derived facts; stored in every checkpoint, so it alone rebuilds the method."""
-    return dict(vars(args), nc=DATASETS[args.dataset].nc, data=data_identity(args, data),
+    return dict(vars(args), nc=spec.nc, decoder_distribution=spec.distribution, data=data_identity(args, data),
                 precision_used=precision.name, precision_reason=precision.reason)
 
 
-def make_evaluator(data, device, run_dir: Path, args: argparse.Namespace, precision, config: dict):
-    """evaluator(method, step) -> the evaluation result; writes eval_<step>.json (and more) under run_dir."""
+def make_evaluator(data, device, run_dir: Path, args: argparse.Namespace, spec, precision, config: dict):
+    """evaluator(method, step) -> the evaluation result; writes eval_<step>.json (and more) under run_dir.
+
+    A model trained on a --subset is scored on the whole dataset: the scores draw images by their factors."""
+    data = getattr(data, "full", data)
+
 
     def evaluator(method, step: int) -> dict:
         from evaluate import evaluate  # scikit-learn is only imported when scores are asked for
@@ -226,7 +248,7 @@ def make_evaluator(data, device, run_dir: Path, args: argparse.Namespace, precis
             "checkpoint": {"path": str(path) if path.exists() else None, "iteration": step},
             "precision": precision.name, "precision_reason": precision.reason, "seed": args.seed,
             "method": args.objective, "model": args.model,
-            "dataset": {"name": args.dataset, "path": str(DATASETS[args.dataset].path(args.dset_dir))},
+            "dataset": {"name": args.dataset, "path": str(spec.path(args.dset_dir)), "subset": args.subset},
             "config": config,
         }
         return evaluate(method.encoder, data, device, step, run_dir, seed=args.seed, scale=args.eval_scale,
@@ -236,7 +258,7 @@ def make_evaluator(data, device, run_dir: Path, args: argparse.Namespace, precis
 
 
 def build_solver(args: argparse.Namespace) -> Solver:
-    spec = DATASETS[args.dataset]
+    spec = dataset_spec(args)  # the table's entry with this run's --channels, --distribution and --subset
     device = pick_device(args.cuda)
     precision = choose(args.precision, device)
     print(announce(precision))
@@ -246,7 +268,7 @@ def build_solver(args: argparse.Namespace) -> Solver:
         data = data.to(device)  # in-memory data lives where the model does: no host->device copy per batch
     compute = Compute(device, precision.dtype, args.channels_last, args.compile)
     method = build_method(args, spec.nc, spec.distribution, compute)
-    config = run_config(args, precision, data)
+    config = run_config(args, spec, precision, data)
     start_step, checkpoint = resume(args, config, method)
     run_dir = Path(args.output_dir) / args.viz_name
     # A resumed run moves the stopped run's records after its checkpoint aside, so curves are not doubled;
@@ -261,11 +283,12 @@ def build_solver(args: argparse.Namespace) -> Solver:
         schedule=Schedule(args.max_iter, args.gather_step, args.display_step, args.save_step, args.snapshot_step,
                           args.eval_step),
         logger=logger,
-        outputs=OutputWriter(pictures_dir, data, spec.traverse_indices, device, args.seed, args.save_output,
-                             args.top_latents),
+        # Pictures of the fixed images (dataset indices) come from the whole dataset, also for a --subset.
+        outputs=OutputWriter(pictures_dir, getattr(data, "full", data), spec.traverse_indices, device, args.seed,
+                             args.save_output, args.top_latents),
         checkpointer=Checkpointer(Path(args.ckpt_dir) / args.viz_name, args.ckpt_name, config),
         num_workers=args.num_workers, start_step=start_step,
-        evaluator=make_evaluator(data, device, run_dir, args, precision, config),
+        evaluator=make_evaluator(data, device, run_dir, args, spec, precision, config),
     )
     if checkpoint is not None:
         solver.checkpointer.resumed_step = start_step

@@ -285,9 +285,15 @@ class Solver:
 
     def train(self) -> None:
         s = self.schedule
-        if not self.method.iterative:  # a baseline (PCA, ICA): fitted once on the whole dataset, no loop
+        if not self.method.iterative:  # a baseline (PCA, ICA): fitted once on the data, no loop
+            if self.method.fitted:
+                tqdm.write(f"Already fitted: {self.checkpointer.path} holds the fitted {self.method.name}; "
+                           "nothing to fit again. To refit, pass a new --viz_name.")
+                return
             self.method.fit(self.data)
+            self.step = max(self.step, 1)  # the fit is the method's one step: checkpoint and pictures at 1
             self._finish(None)
+            self.display()
             return
         if self.step >= s.max_iter:
             tqdm.write(f"Nothing to train: the checkpoint is at iteration {self.step}, and --max_iter is "

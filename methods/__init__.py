@@ -13,6 +13,8 @@ single default, each method takes the value disentanglement_lib's own training t
 (methods/unsupervised/train_test.py) gives it, one of the study's six.
 """
 
+import argparse
+import math
 from dataclasses import dataclass, field
 
 from methods.base import Compute, Method
@@ -95,6 +97,14 @@ def method_name(value: str) -> str:
     return names.get(value.strip().lower(), value)
 
 
+def adam_beta(value: str) -> float:
+    """argparse type for an Adam moment decay (--beta1_D, --beta2_D): a number in [0, 1)."""
+    number = float(value)
+    if not (0 <= number < 1 and math.isfinite(number)):
+        raise argparse.ArgumentTypeError(f"Adam needs 0 <= beta < 1, got {value!r}")
+    return number
+
+
 def resolve_defaults(args) -> None:
     """Fill the flags left at None (in place): with the chosen method's default where it has one, else with
     the first method's that does (so `--objective H` still shows the reference's gamma 1000 and C_max 25).
@@ -132,5 +142,5 @@ def build_method(args, nc: int, distribution: str, compute: Compute) -> Method:
     return METHODS[args.objective].build(args, nc, distribution, compute)
 
 
-__all__ = ["METHODS", "Compute", "Method", "MethodSpec", "build_method", "flag_errors", "method_name",
-           "per_method_defaults", "resolve_defaults"]
+__all__ = ["METHODS", "OPTIMIZER_DEFAULTS", "Compute", "Method", "MethodSpec", "adam_beta", "build_method",
+           "flag_errors", "method_name", "per_method_defaults", "resolve_defaults"]

@@ -65,6 +65,7 @@ class Method:
     # Loss terms whose NaN or inf stops training: stat name -> how the error message names it.
     watched: dict[str, str] = {}
     iterative = True  # False for baselines fitted once (PCA, ICA): see fit()
+    fitted = False  # a non-iterative method that has been fitted (restored from its checkpoint)
 
     def stat_sizes(self) -> dict[str, int]:
         """The stats train_step returns, in record order: name -> 1 (a scalar) or z_dim (one per latent)."""

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import ROOT, run_args, write_dsprites_npz
 
-from checkpoint import CheckpointError, load_checkpoint, validate
+from checkpoint import load_checkpoint, validate
 from dataset import DSPRITES_FILE
 from main import main, parse_args
 from runlock import LOCK_NAME, RunLock, RunLocked
@@ -86,9 +86,8 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_the_lock_excludes_a_second_holder_in_the_same_process_and_is_released(tmp_path):
-    with RunLock(tmp_path / "a", tmp_path / "b"):
-        with pytest.raises(RunLocked, match="PID"):
-            RunLock(tmp_path / "b").__enter__()
+    with RunLock(tmp_path / "a", tmp_path / "b"), pytest.raises(RunLocked, match="PID"):
+        RunLock(tmp_path / "b").__enter__()
     with RunLock(tmp_path / "b"):  # released on exit
         pass
 
