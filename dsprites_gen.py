@@ -19,12 +19,15 @@ Conventions (continuous pixel coordinates, pixel i spans [i, i + 1), y points do
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import math
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -68,6 +71,9 @@ _ROWS_PER_STEP = 32
 # dominates the run time: for the full file level 3 takes about 11 s of CPU against 20 s,
 # for 35 MB against 19 MB (the real file is 26 MB).
 COMPRESS_LEVEL = 3
+# The metadata entry that marks a file as made here (the real file's metadata has no such key); its
+# value, GENERATOR, also appears in older generated files' description, so is_generated finds both.
+GENERATOR_KEY, GENERATOR = "generated_by", "dsprites_gen.py"
 
 
 # --------------------------------------------------------------------------- factors
@@ -291,7 +297,19 @@ def _metadata() -> dict:
         "latents_names": FACTOR_NAMES,
         "latents_sizes": np.array(FACTOR_SIZES, dtype=np.int64),
         "latents_possible_values": dict(zip(FACTOR_NAMES, (v.copy() for v in LATENT_VALUES), strict=True)),
+        GENERATOR_KEY: GENERATOR,  # an extra key: the real file's keys, shapes and dtypes stay as they are
     }
+
+
+def is_generated(path: str | os.PathLike) -> bool | None:
+    """True for a file written by this generator, False for another dSprites file (the real one), None when
+    the file cannot be read as an npz with a metadata entry. Reads the metadata entry's bytes without
+    unpickling them (a data file is not trusted to run code): the generator's name is stored there as text."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("metadata.npy") as f:
+            return GENERATOR.encode() in f.read()
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def _write_array(archive: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
@@ -332,26 +350,92 @@ def generate_dsprites(path: str | os.PathLike, progress: bool = True, *,
     """Write the full procedural dSprites npz at `path`, atomically.
 
     Keys as in the real file: imgs uint8 (737280, 64, 64), latents_values float64 (737280, 6),
-    latents_classes int64 (737280, 6) and a pickled metadata dict (load with allow_pickle=True).
-    Images are streamed into the compressed member, so peak memory stays under 200 MB.
-    `_combos` restricts the file to some (shape, scale, orientation) triples, for tests.
+    latents_classes int64 (737280, 6) and a pickled metadata dict (load with allow_pickle=True), which
+    also names this generator (is_generated). Images are streamed into the compressed member, so peak
+    memory stays under 200 MB. `_combos` restricts the file to some (shape, scale, orientation) triples,
+    for tests.
+
+    The file is written under a temporary name beside the target and renamed at the end, so the loader
+    never finds a partial file. An interruption (Ctrl-C, SIGTERM) removes the temporary file before the
+    process stops; one left by a process that was killed outright (SIGKILL, power loss) is removed by the
+    next generation into the same folder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(path)
     combos = _all_combos() if _combos is None else [tuple(int(c) for c in combo) for combo in _combos]
     classes = _latents_classes(combos)
-    # A temporary name beside the target: os.replace is then atomic, and an interrupted
-    # run never leaves a truncated file where the loader would find it.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    with _terminate_as_exception():  # outermost: the temporary file is gone before SIGTERM ends the process
+        try:
+            with zipfile.ZipFile(tmp, "x", zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as archive:
+                _write_array(archive, "metadata", np.array(_metadata(), dtype=object))
+                _write_images(archive, combos, progress)
+                _write_array(archive, "latents_classes", classes)
+                _write_array(archive, "latents_values", latent_values_for(classes))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _temporary_prefix(path: Path) -> str:
+    """Temporary files for `path` are named .<name>.<pid>.<random>.tmp beside it."""
+    return f".{path.name}."
+
+
+def sweep_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of generations of `path` whose process no longer runs (killed outright);
+    a temporary file of a generation still running (another process) is left alone. Returns those removed."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f"{_temporary_prefix(path)}*.tmp"):
+        pid = tmp.name[len(_temporary_prefix(path)):].split(".", 1)[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
     try:
-        with zipfile.ZipFile(tmp, "x", zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as archive:
-            _write_array(archive, "metadata", np.array(_metadata(), dtype=object))
-            _write_images(archive, combos, progress)
-            _write_array(archive, "latents_classes", classes)
-            _write_array(archive, "latents_values", latent_values_for(classes))
-        os.replace(tmp, path)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived during a generation (BaseException, like KeyboardInterrupt: nothing should catch it)."""
+
+
+@contextlib.contextmanager
+def _terminate_as_exception():
+    """Within the block, SIGTERM unwinds the stack like Ctrl-C does (so `finally` clauses remove the temporary
+    file); afterwards the signal is delivered again to the handler that was in place, so the process ends as
+    it would have. Only the main thread can handle signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN:  # SIGTERM is ignored: leave it so
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)  # default: the process ends by SIGTERM; a handler runs
+        raise SystemExit(128 + signal.SIGTERM) from None  # a handler that returned: stop all the same
     finally:
-        tmp.unlink(missing_ok=True)
+        if signal.getsignal(signal.SIGTERM) is terminate:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 # --------------------------------------------------------------------------- command line

@@ -6,7 +6,10 @@ mean) and a ``numpy.random.RandomState``; with the same state the result is
 identical.  Point counts, batch sizes, classifiers and thresholds are the ones
 disentanglement_lib used for Locatello et al. (2019), so numbers are
 comparable with theirs; the few places where we deviate are marked in the
-docstrings.
+docstrings.  Each score first draws all its random samples (``_*_draws``, in
+the library's order), then encodes and fits; ``protocol_draws`` replays the
+draws alone, so a caller can encode every image the protocol will ask for in
+one ordered pass (evaluate.py does).
 
     BetaVAE score   (Higgins et al. 2017)    beta_vae_score
     FactorVAE score (Kim & Mnih 2018)        factor_vae_score
@@ -16,8 +19,9 @@ docstrings.
 
 ``evaluate_all`` runs the five with timings, ``summary_scores`` flattens the
 result, ``format_table`` prints it, and ``latent_report`` describes each
-latent (KL, posterior variance, active flag, best-matching factor) for
-sorting and labelling traversal rows.
+latent (KL and posterior variance when the encoder has a posterior, the
+code's variance over data, active flag, best-matching factor) for sorting
+and labelling traversal rows.  Latents are named z0 .. z{N-1} everywhere.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from sklearn.metrics import mutual_info_score
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
 import gbt
 
@@ -63,8 +68,14 @@ _POINTS_PER_BLOCK = 64
 # collapsed (disentanglement_lib's ``prune_dims.threshold``).
 FACTOR_VAE_PRUNE_STD = 0.05
 # latent_report: a latent is active when its data-averaged KL exceeds this
-# (nats).  See latent_report for the reasoning.
+# (nats), or, for an encoder without a posterior (no logvar), when the code's
+# standard deviation over data reaches FACTOR_VAE_PRUNE_STD.  See latent_report.
 ACTIVE_KL_NATS = 0.01
+
+
+def latent_names(z_dim: int) -> list[str]:
+    """The one numbering of latents, 0-based as arrays and traversals index them: z0 .. z{N-1}."""
+    return [f"z{i}" for i in range(z_dim)]
 
 
 # --------------------------------------------------------------------------
@@ -115,20 +126,31 @@ def _beta_vae_factor_pairs(gt, rng, batch_size, num_points):
     return labels, np.concatenate(first), np.concatenate(second)
 
 
-def _beta_vae_points(gt, represent, rng, batch_size, num_points):
-    """Training set of the BetaVAE classifier.
+def _beta_vae_draws(gt, rng, batch_size, num_train, num_eval) -> dict:
+    """Every random draw of the BetaVAE score, in the library's order: the
+    training points, the classifier's seed, the evaluation points."""
+    train = _beta_vae_factor_pairs(gt, rng, batch_size, num_train)
+    seed = rng.randint(np.iinfo(np.int32).max)
+    return {"train": train, "seed": seed, "eval": _beta_vae_factor_pairs(gt, rng, batch_size, num_eval)}
+
+
+def _beta_vae_points(gt, represent, pairs, batch_size, bar=None):
+    """Training set of the BetaVAE classifier from drawn ``pairs`` (labels,
+    factors1, factors2).
 
     Feature of a point = mean over the batch of |z(x1) - z(x2)| for pairs that
     share the factor k; the label is k.  Returns features (n, z), labels (n,).
     """
-    features, labels = [], []
-    for size in _blocks(num_points):
-        block_labels, factors1, factors2 = _beta_vae_factor_pairs(gt, rng, batch_size, size)
-        codes = _codes_for(gt, represent, np.concatenate([factors1, factors2]))
+    labels, first, second = pairs
+    features = []
+    for start in range(0, len(labels), _POINTS_PER_BLOCK):
+        size = min(_POINTS_PER_BLOCK, len(labels) - start)
+        rows = slice(start * batch_size, (start + size) * batch_size)
+        codes = _codes_for(gt, represent, np.concatenate([first[rows], second[rows]]))
         codes1, codes2 = np.split(codes.reshape(2 * size, batch_size, -1), 2)
         features.append(np.abs(codes1 - codes2).mean(axis=1))
-        labels.append(block_labels)
-    return np.concatenate(features), np.concatenate(labels)
+        _advance(bar, size)
+    return np.concatenate(features), labels
 
 
 def _beta_vae_classifier(seed: int):
@@ -143,16 +165,21 @@ def _beta_vae_classifier(seed: int):
 
 
 def beta_vae_score(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
-                   batch_size: int = 64, num_train: int = 10000, num_eval: int = 5000) -> dict:
+                   batch_size: int = 64, num_train: int = 10000, num_eval: int = 5000, *, bar=None) -> dict:
     """BetaVAE score: accuracy of a linear classifier that predicts which factor
     was held fixed from the mean absolute code difference of a batch of pairs.
 
     Returns {'score': eval accuracy, 'train_accuracy', 'eval_accuracy'}.
     """
-    train_x, train_y = _beta_vae_points(gt, represent, rng, batch_size, num_train)
-    model = _beta_vae_classifier(rng.randint(np.iinfo(np.int32).max))
+    return _beta_vae_score(gt, represent, _beta_vae_draws(gt, rng, batch_size, num_train, num_eval), batch_size,
+                           bar)
+
+
+def _beta_vae_score(gt, represent, draws, batch_size, bar=None) -> dict:
+    train_x, train_y = _beta_vae_points(gt, represent, draws["train"], batch_size, bar)
+    model = _beta_vae_classifier(draws["seed"])
     model.fit(train_x, train_y)
-    eval_x, eval_y = _beta_vae_points(gt, represent, rng, batch_size, num_eval)
+    eval_x, eval_y = _beta_vae_points(gt, represent, draws["eval"], batch_size, bar)
     train_acc = float(np.mean(model.predict(train_x) == train_y))
     eval_acc = float(np.mean(model.predict(eval_x) == eval_y))
     return {"score": eval_acc, "train_accuracy": train_acc, "eval_accuracy": eval_acc}
@@ -162,24 +189,42 @@ def beta_vae_score(gt: GroundTruth, represent: Represent, rng: np.random.RandomS
 # FactorVAE score
 
 
-def _factor_vae_votes(gt, represent, rng, batch_size, num_votes, global_var, active):
+def _factor_vae_vote_draws(gt, rng, batch_size, num_votes):
+    """Draw the batches of ``num_votes`` votes in the library's order (per vote
+    the fixed factor k, then its batch): fixed (n,), factors (n * batch_size, F)."""
+    fixed = np.empty(num_votes, dtype=np.int64)
+    batches = []
+    for i in range(num_votes):
+        fixed[i] = rng.randint(len(gt.factor_sizes))
+        factors = gt.sample_factors(batch_size, rng)
+        factors[:, fixed[i]] = factors[0, fixed[i]]
+        batches.append(factors)
+    return fixed, np.concatenate(batches) if batches else np.zeros((0, len(gt.factor_sizes)), np.int64)
+
+
+def _factor_vae_draws(gt, rng, batch_size, num_train, num_eval, num_variance_estimate) -> dict:
+    """Every random draw of the FactorVAE score, in the library's order."""
+    return {"variance": gt.sample_factors(num_variance_estimate, rng),
+            "train": _factor_vae_vote_draws(gt, rng, batch_size, num_train),
+            "eval": _factor_vae_vote_draws(gt, rng, batch_size, num_eval)}
+
+
+def _factor_vae_votes(gt, represent, drawn, batch_size, global_var, active, bar=None):
     """Votes (F, z): how often fixing factor k made dimension d the one with
     the smallest normalised variance (argmin over active dimensions only)."""
+    fixed_all, factors = drawn
     num_factors = len(gt.factor_sizes)
     votes = np.zeros((num_factors, len(global_var)), dtype=np.int64)
     active_dims = np.flatnonzero(active)
-    for size in _blocks(num_votes):
-        fixed = np.empty(size, dtype=np.int64)
-        batches = []
-        for i in range(size):  # the library's draw order: k, then the batch
-            fixed[i] = rng.randint(num_factors)
-            factors = gt.sample_factors(batch_size, rng)
-            factors[:, fixed[i]] = factors[0, fixed[i]]
-            batches.append(factors)
-        codes = _codes_for(gt, represent, np.concatenate(batches)).reshape(size, batch_size, -1)
+    for start in range(0, len(fixed_all), _POINTS_PER_BLOCK):
+        fixed = fixed_all[start:start + _POINTS_PER_BLOCK]
+        size = len(fixed)
+        block = factors[start * batch_size:(start + size) * batch_size]
+        codes = _codes_for(gt, represent, block).reshape(size, batch_size, -1)
         local_var = codes[:, :, active_dims].var(axis=1, ddof=1)
         winners = active_dims[np.argmin(local_var / global_var[active_dims], axis=1)]
         np.add.at(votes, (fixed, winners), 1)
+        _advance(bar, size)
     return votes
 
 
@@ -191,7 +236,7 @@ def _vote_accuracy(votes: np.ndarray, factor_of_dim: np.ndarray) -> float:
 
 def factor_vae_score(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
                      batch_size: int = 64, num_train: int = 10000, num_eval: int = 5000,
-                     num_variance_estimate: int = 10000) -> dict:
+                     num_variance_estimate: int = 10000, *, bar=None) -> dict:
     """FactorVAE score: accuracy of the majority-vote classifier that maps the
     dimension of least normalised variance (given a fixed factor) to that factor.
 
@@ -200,14 +245,20 @@ def factor_vae_score(gt: GroundTruth, represent: Represent, rng: np.random.Rando
     'num_active_dims' is the number of dimensions kept (disentanglement_lib's
     field of that name reports the total dimension count, a known slip).
     """
-    codes, _ = _observations(gt, represent, rng, num_variance_estimate)
+    draws = _factor_vae_draws(gt, rng, batch_size, num_train, num_eval, num_variance_estimate)
+    return _factor_vae_score(gt, represent, draws, batch_size, bar)
+
+
+def _factor_vae_score(gt, represent, draws, batch_size, bar=None) -> dict:
+    codes = _codes_for(gt, represent, draws["variance"])
+    _advance(bar, len(codes))
     global_var = codes.var(axis=0, ddof=1)
     active = np.sqrt(global_var) >= FACTOR_VAE_PRUNE_STD
     if not active.any():
         return {"score": 0.0, "train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
-    train_votes = _factor_vae_votes(gt, represent, rng, batch_size, num_train, global_var, active)
+    train_votes = _factor_vae_votes(gt, represent, draws["train"], batch_size, global_var, active, bar)
     factor_of_dim = np.argmax(train_votes, axis=0)
-    eval_votes = _factor_vae_votes(gt, represent, rng, batch_size, num_eval, global_var, active)
+    eval_votes = _factor_vae_votes(gt, represent, draws["eval"], batch_size, global_var, active, bar)
     eval_acc = _vote_accuracy(eval_votes, factor_of_dim)
     return {"score": eval_acc, "train_accuracy": _vote_accuracy(train_votes, factor_of_dim),
             "eval_accuracy": eval_acc, "num_active_dims": int(active.sum())}
@@ -240,21 +291,29 @@ def _factor_entropies(factors: np.ndarray) -> np.ndarray:
 
 
 def mig(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
-        num_train: int = 10000, num_bins: int = 20) -> dict:
+        num_train: int = 10000, num_bins: int = 20, *, bar=None) -> dict:
     """Mutual Information Gap: per factor, (largest - second largest mutual
     information with a single discretised code) / factor entropy, averaged.
 
     Factors with zero entropy in the sample (constant) are left out of the mean.
-    Returns {'score', 'per_factor': {name: gap}}.
+    Returns {'score', 'per_factor': {name: gap}, 'mutual_information': (z, F)
+    nested list in nats, 'factor_entropy': (F,)}.
     """
-    codes, factors = _observations(gt, represent, rng, num_train)
+    return _mig_score(gt, represent, {"train": gt.sample_factors(num_train, rng)}, num_bins, bar)
+
+
+def _mig_score(gt, represent, draws, num_bins=20, bar=None) -> dict:
+    factors = draws["train"]
+    codes = _codes_for(gt, represent, factors)
+    _advance(bar, len(codes))
     mi = _mutual_info_matrix(_histogram_discretize(codes, num_bins), factors)
     entropy = _factor_entropies(factors)
     top_two = -np.sort(-mi, axis=0)[:2] if mi.shape[0] > 1 else np.vstack([mi, np.zeros_like(mi)])
     with np.errstate(invalid="ignore", divide="ignore"):
         gaps = np.where(entropy > 0, (top_two[0] - top_two[1]) / entropy, np.nan)
     return {"score": float(np.nanmean(gaps)),
-            "per_factor": dict(zip(gt.factor_names, gaps.tolist(), strict=True))}
+            "per_factor": dict(zip(gt.factor_names, gaps.tolist(), strict=True)),
+            "mutual_information": mi.tolist(), "factor_entropy": entropy.tolist()}
 
 
 # --------------------------------------------------------------------------
@@ -308,7 +367,7 @@ def _fit_factor(x_train, y_train, x_test, y_test, estimator, seed):
     return importance, train_acc, test_acc
 
 
-def _fit_all_factors(x_train, y_train, x_test, y_test, estimator, seeds, n_jobs):
+def _fit_all_factors(x_train, y_train, x_test, y_test, estimator, seeds, n_jobs, bar=None):
     """Fit the F per-factor classifiers in parallel threads.
 
     The fits are independent, and scikit-learn's tree building releases the
@@ -319,10 +378,13 @@ def _fit_all_factors(x_train, y_train, x_test, y_test, estimator, seeds, n_jobs)
     """
     num_factors = y_train.shape[1]
     order = sorted(range(num_factors), key=lambda f: -len(np.unique(y_train[:, f])))
+    def fit(f):
+        result = _fit_factor(x_train, y_train[:, f], x_test, y_test[:, f], estimator, seeds[f])
+        _advance(bar, 1)
+        return result
+
     with threadpool_limits(limits=1):
-        results = Parallel(n_jobs=n_jobs, prefer="threads")(
-            delayed(_fit_factor)(x_train, y_train[:, f], x_test, y_test[:, f], estimator, seeds[f])
-            for f in order)
+        results = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(fit)(f) for f in order)
     by_factor = dict(zip(order, results, strict=True))
     return [by_factor[f] for f in range(num_factors)]
 
@@ -362,7 +424,7 @@ def _weighted_concentration(importance: np.ndarray) -> float:
 
 def dci(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
         num_train: int = 10000, num_test: int = 5000, *,
-        estimator: str = "gbt", n_jobs: int = -1) -> dict:
+        estimator: str = "gbt", n_jobs: int = -1, bar=None) -> dict:
     """DCI (Eastwood & Williams 2018) from per-factor tree importances.
 
     R[i, j] = importance of code i for predicting factor j (one classifier per
@@ -385,12 +447,23 @@ def dci(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
     """
     if estimator not in DCI_ESTIMATORS:
         raise ValueError(f"estimator must be one of {DCI_ESTIMATORS}, got {estimator!r}")
-    x_train, y_train = _observations(gt, represent, rng, num_train)
-    x_test, y_test = _observations(gt, represent, rng, num_test)
-    seeds = rng.randint(np.iinfo(np.int32).max, size=y_train.shape[1])
+    draws = _train_test_draws(gt, rng, num_train, num_test, len(gt.factor_sizes))
+    return _dci_score(gt, represent, draws, estimator, n_jobs, bar)
+
+
+def _train_test_draws(gt, rng, num_train, num_test, num_seeds=None) -> dict:
+    """DCI's and SAP's draws, in the library's order: training points, test
+    points, then the classifiers' seeds (DCI: one per factor; SAP: one, a scalar draw)."""
+    train, test = gt.sample_factors(num_train, rng), gt.sample_factors(num_test, rng)
+    return {"train": train, "test": test, "seeds": rng.randint(np.iinfo(np.int32).max, size=num_seeds)}
+
+
+def _dci_score(gt, represent, draws, estimator="gbt", n_jobs=-1, bar=None) -> dict:
+    y_train, y_test = draws["train"], draws["test"]
+    x_train, x_test = _codes_for(gt, represent, y_train), _codes_for(gt, represent, y_test)
     order = _canonical_code_order(x_train)
     fits = _fit_all_factors(x_train[:, order], y_train, x_test[:, order], y_test, estimator,
-                            seeds, n_jobs)
+                            draws["seeds"], n_jobs, bar)
     importance = np.empty((x_train.shape[1], y_train.shape[1]))  # (z, F), original code order
     importance[order] = np.stack([imp for imp, _, _ in fits], axis=1)
     disentanglement = _weighted_concentration(importance)
@@ -410,15 +483,18 @@ def dci(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
 # SAP
 
 
-def _sap_discrete_matrix(x_train, y_train, x_test, y_test, seed):
+def _sap_discrete_matrix(x_train, y_train, x_test, y_test, seed, bar=None):
     """Score matrix (z, F): test accuracy of a linear SVM (C=0.01, balanced
     class weights) that predicts factor j from code i alone."""
     scores = np.zeros((x_train.shape[1], y_train.shape[1]))
+    if bar is not None:
+        bar.reset(total=scores.size)
     for i in range(x_train.shape[1]):
         for j in range(y_train.shape[1]):
             svm = LinearSVC(C=0.01, class_weight="balanced", dual="auto", random_state=seed)
             svm.fit(x_train[:, i:i + 1], y_train[:, j])
             scores[i, j] = np.mean(svm.predict(x_test[:, i:i + 1]) == y_test[:, j])
+            _advance(bar, 1)
     return scores
 
 
@@ -436,7 +512,7 @@ def _sap_continuous_matrix(x_train, y_train):
 
 def sap(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
         num_train: int = 10000, num_test: int = 5000, *,
-        continuous_factors: bool = False) -> dict:
+        continuous_factors: bool = False, bar=None) -> dict:
     """SAP score: per factor, the gap between the two codes that predict it
     best on their own, averaged over factors.
 
@@ -446,13 +522,16 @@ def sap(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
     the primal (dual='auto') rather than the dual; same objective and optimum.
     Returns {'score', 'per_factor': {name: gap}}.
     """
-    x_train, y_train = _observations(gt, represent, rng, num_train)
-    x_test, y_test = _observations(gt, represent, rng, num_test)
+    return _sap_score(gt, represent, _train_test_draws(gt, rng, num_train, num_test), continuous_factors, bar)
+
+
+def _sap_score(gt, represent, draws, continuous_factors=False, bar=None) -> dict:
+    y_train, y_test = draws["train"], draws["test"]
+    x_train, x_test = _codes_for(gt, represent, y_train), _codes_for(gt, represent, y_test)
     if continuous_factors:
         scores = _sap_continuous_matrix(x_train, y_train)
     else:
-        scores = _sap_discrete_matrix(x_train, y_train, x_test, y_test,
-                                      rng.randint(np.iinfo(np.int32).max))
+        scores = _sap_discrete_matrix(x_train, y_train, x_test, y_test, int(draws["seeds"]), bar)
     ranked = np.sort(scores, axis=0)[::-1]
     second = ranked[1] if len(ranked) > 1 else np.zeros_like(ranked[0])
     gaps = ranked[0] - second
@@ -468,18 +547,81 @@ def _points(count: int, scale: float) -> int:
     return max(2, int(round(count * scale)))
 
 
+def protocol(scale: float = 1.0) -> dict:
+    """Every sample count of the five scores at this scale (1.0: disentanglement_lib's published protocol),
+    as the keyword arguments of their functions."""
+    def n(count: int) -> int:
+        return _points(count, scale)
+    return {
+        "beta_vae": {"batch_size": 64, "num_train": n(10000), "num_eval": n(5000)},
+        "factor_vae": {"batch_size": 64, "num_train": n(10000), "num_eval": n(5000),
+                       "num_variance_estimate": n(10000)},
+        "mig": {"num_train": n(10000), "num_bins": 20},
+        "dci": {"num_train": n(10000), "num_test": n(5000)},
+        "sap": {"num_train": n(10000), "num_test": n(5000)},
+    }
+
+
 def images_drawn(scale: float = 1.0) -> int:
     """How many images the five scores draw in all at this scale (with repeats): BetaVAE pairs of
     batches of 64, FactorVAE batches of 64 plus its variance sample, then MIG, DCI and SAP.
     At scale 1 that is about 2.9 million, four times dSprites' 737,280 images."""
-    def n(count: int) -> int:
-        return _points(count, scale)
-    return ((n(10000) + n(5000)) * 64 * 2 + n(10000) + (n(10000) + n(5000)) * 64 + n(10000)
-            + 2 * (n(10000) + n(5000)))
+    c = protocol(scale)
+    b, f = c["beta_vae"], c["factor_vae"]
+    return ((b["num_train"] + b["num_eval"]) * b["batch_size"] * 2
+            + f["num_variance_estimate"] + (f["num_train"] + f["num_eval"]) * f["batch_size"]
+            + c["mig"]["num_train"] + sum(c[k]["num_train"] + c[k]["num_test"] for k in ("dci", "sap")))
+
+
+def _steps(gt: GroundTruth, scale: float, dci_estimator: str = "gbt", n_jobs: int = -1) -> dict:
+    """The five scores as name -> (draw(rng) -> draws, score(represent, draws, bar) -> result, progress bar
+    total and unit). Every random number a score uses comes from its draw, in the library's order."""
+    c = protocol(scale)
+    b, f, d, s = c["beta_vae"], c["factor_vae"], c["dci"], c["sap"]
+    return {
+        "beta_vae": (lambda rng: _beta_vae_draws(gt, rng, **b),
+                     lambda rep, draws, bar: _beta_vae_score(gt, rep, draws, b["batch_size"], bar),
+                     b["num_train"] + b["num_eval"], "points"),
+        "factor_vae": (lambda rng: _factor_vae_draws(gt, rng, **f),
+                       lambda rep, draws, bar: _factor_vae_score(gt, rep, draws, f["batch_size"], bar),
+                       f["num_variance_estimate"] + f["num_train"] + f["num_eval"], "points"),
+        "mig": (lambda rng: {"train": gt.sample_factors(c["mig"]["num_train"], rng)},
+                lambda rep, draws, bar: _mig_score(gt, rep, draws, c["mig"]["num_bins"], bar),
+                c["mig"]["num_train"], "points"),
+        "dci": (lambda rng: _train_test_draws(gt, rng, d["num_train"], d["num_test"], len(gt.factor_sizes)),
+                lambda rep, draws, bar: _dci_score(gt, rep, draws, dci_estimator, n_jobs, bar),
+                len(gt.factor_sizes), "fits"),
+        "sap": (lambda rng: _train_test_draws(gt, rng, s["num_train"], s["num_test"]),
+                lambda rep, draws, bar: _sap_score(gt, rep, draws, False, bar), None, "fits"),
+    }
+
+
+def protocol_draws(gt: GroundTruth, seed: int = 0, scale: float = 1.0):
+    """Yield every (n, F) array of factors that evaluate_all(gt, represent, seed, scale) encodes, from the
+    same draws: to encode all of those images ahead, in one ordered pass (no representation is run here)."""
+    for draw, *_ in _steps(gt, scale).values():
+        yield from _factor_arrays(draw(np.random.RandomState(seed)))
+
+
+def _factor_arrays(draws):
+    """The (n, F) factor arrays inside a score's draws (dicts and tuples of arrays and seeds)."""
+    if isinstance(draws, dict):
+        draws = list(draws.values())
+    if isinstance(draws, (list, tuple)):
+        for part in draws:
+            yield from _factor_arrays(part)
+    elif isinstance(draws, np.ndarray) and draws.ndim == 2:
+        yield draws
+
+
+def _advance(bar, count: int) -> None:
+    if bar is not None:
+        bar.update(count)
 
 
 def evaluate_all(gt: GroundTruth, represent: Represent, seed: int = 0, scale: float = 1.0, *,
-                 dci_estimator: str = "gbt", n_jobs: int = -1, verbose: bool = False) -> dict:
+                 dci_estimator: str = "gbt", n_jobs: int = -1, verbose: bool = False,
+                 progress: bool = False) -> dict:
     """Run the five scores, each from its own RandomState(seed) as
     disentanglement_lib does, so one score does not depend on another.
 
@@ -487,27 +629,14 @@ def evaluate_all(gt: GroundTruth, represent: Represent, seed: int = 0, scale: fl
     smaller values for quick checks, at least ~0.01).  Batch sizes stay 64.
     Returns {'beta_vae', 'factor_vae', 'mig', 'dci', 'sap': dicts with 'score',
     'seconds': {metric: wall seconds, ..., 'total'}}.  ``verbose`` prints each
-    score as it finishes.
+    score as it finishes; ``progress`` shows a progress bar per score.
     """
-    def n(count: int) -> int:
-        return _points(count, scale)
-
-    jobs = {
-        "beta_vae": lambda rng: beta_vae_score(gt, represent, rng, num_train=n(10000),
-                                               num_eval=n(5000)),
-        "factor_vae": lambda rng: factor_vae_score(gt, represent, rng, num_train=n(10000),
-                                                   num_eval=n(5000),
-                                                   num_variance_estimate=n(10000)),
-        "mig": lambda rng: mig(gt, represent, rng, num_train=n(10000)),
-        "dci": lambda rng: dci(gt, represent, rng, num_train=n(10000), num_test=n(5000),
-                               estimator=dci_estimator, n_jobs=n_jobs),
-        "sap": lambda rng: sap(gt, represent, rng, num_train=n(10000), num_test=n(5000)),
-    }
     result: dict = {}
     seconds: dict = {}
-    for name, job in jobs.items():
+    for name, (draw, score, total, unit) in _steps(gt, scale, dci_estimator, n_jobs).items():
         start = time.perf_counter()
-        result[name] = job(np.random.RandomState(seed))
+        with tqdm(total=total, desc=name, unit=unit, leave=False, disable=not progress) as bar:
+            result[name] = score(represent, draw(np.random.RandomState(seed)), bar)
         seconds[name] = time.perf_counter() - start
         if verbose:
             print(f"{name:<10} score {result[name]['score']:.4f}  ({seconds[name]:.1f} s)",
@@ -549,7 +678,8 @@ def format_table(result: dict) -> str:
     for label, score, details, key in rows:
         lines.append(f"{label:<10} {score:>6.3f}  {seconds.get(key, float('nan')):>7.1f}  {details}")
     if "encoding" in seconds:
-        lines.append(f"{'encoding':<10} {'':>6}  {seconds['encoding']:>7.1f}  every image, once, before the scores")
+        lines.append(f"{'encoding':<10} {'':>6}  {seconds['encoding']:>7.1f}  each image drawn, once, before the "
+                     "scores")
     if "latent_report" in seconds:
         lines.append(f"{'report':<10} {'':>6}  {seconds['latent_report']:>7.1f}  the latent report")
     if "total" in seconds:
@@ -561,39 +691,61 @@ def format_table(result: dict) -> str:
 # per-latent report
 
 
-def latent_report(kld_per_dim: np.ndarray, var_per_dim: np.ndarray,
-                  codes: np.ndarray | None = None, factors: np.ndarray | None = None,
-                  factor_names=None, active_threshold: float = ACTIVE_KL_NATS,
-                  num_bins: int = 20) -> dict:
-    """Describe each latent for traversal plots.
+def latent_report(codes: np.ndarray, logvar: np.ndarray | None = None, factors: np.ndarray | None = None,
+                  factor_names=None, *, active_threshold: float = ACTIVE_KL_NATS,
+                  active_std: float = FACTOR_VAE_PRUNE_STD, num_bins: int = 20) -> dict:
+    """Describe each latent z0 .. z{N-1} from an encoder's outputs on the same n images.
 
-    kld_per_dim (z,): KL(q(z_i|x) || N(0,1)) in nats, averaged over data;
-    var_per_dim (z,): posterior variance averaged over data;
-    codes (n, z) and factors (n, F), optional: encoder means and the true
-    factors of the same n images.
+    codes (n, z): the encoder's codes (the posterior mean for a VAE);
+    logvar (n, z) or None: log-variance of the encoder's diagonal Gaussian
+    posterior, when it has one (a VAE; not InfoGAN's recognition network, PCA
+    or ICA); factors (n, F) and factor_names, optional: the images' true factors.
 
-    A latent is active when its KL > active_threshold (default 0.01 nats).  A
-    latent whose posterior stays within 0.01 nats of the prior for every input
-    carries under 0.015 bits about the image, so its traversal shows nothing;
-    in trained beta-VAEs collapsed latents sit around 1e-4..1e-3 nats and used
-    ones at tenths of a nat or more, so the exact value rarely matters.
+    Per latent: 'code_variance', the variance of the code over the images;
+    with a posterior, 'kl' = KL(q(z_i|x) || N(0, 1)) and 'posterior_variance'
+    = sigma^2, both averaged over the images (None without one).
 
-    For each active latent, when codes and factors are given, the factor it
-    captures best is the one with the highest normalised mutual information
+    Active:
+    - with a posterior, when its KL > active_threshold (0.01 nats).  A latent
+      whose posterior stays within 0.01 nats of the prior for every input
+      carries under 0.015 bits about the image, so its traversal shows
+      nothing; in trained beta-VAEs collapsed latents sit around
+      1e-4..1e-3 nats and used ones at tenths of a nat or more, so the exact
+      value rarely matters.
+    - without one, when the code's standard deviation over the images is at
+      least active_std (0.05, the FactorVAE score's pruning threshold,
+      disentanglement_lib's prune_dims): the latents that score keeps.  Such a
+      code has no prior to be measured against, so only how much it varies
+      tells a used latent from a constant one.
+
+    For each active latent, when factors are given, the factor it captures
+    best is the one with the highest normalised mutual information
     I(code; factor) / H(factor) (code discretised into num_bins equal-width bins
     as for MIG), i.e. the fraction of that factor's entropy the latent explains.
 
-    Returns {'threshold', 'num_active', 'order': latent indices by KL,
-    descending, 'per_latent': [per latent, in index order: {'index', 'kl',
-    'variance', 'active', 'best_factor', 'nmi'}]} ('best_factor'/'nmi' are None
-    for inactive latents or without factors).
+    Returns {'has_posterior', 'active_rule' (in words), 'threshold' (the one in
+    use), 'num_active', 'order': latent indices, by KL descending with a
+    posterior and by code variance without, 'per_latent': [per latent, in index
+    order: {'index', 'name', 'kl', 'posterior_variance', 'code_variance',
+    'active', 'best_factor', 'nmi'}]} ('best_factor'/'nmi' are None for
+    inactive latents or without factors).
     """
-    kl = np.asarray(kld_per_dim, dtype=np.float64).reshape(-1)
-    var = np.asarray(var_per_dim, dtype=np.float64).reshape(-1)
-    active = kl > active_threshold
+    codes = np.asarray(codes, dtype=np.float64)
+    code_variance = codes.var(axis=0) if len(codes) else np.zeros(codes.shape[1])
+    if logvar is not None:
+        logvar = np.asarray(logvar, dtype=np.float64)
+        kl = (-0.5 * (1 + logvar - codes ** 2 - np.exp(logvar))).mean(axis=0)  # as losses.kl_divergence
+        posterior_variance = np.exp(logvar).mean(axis=0)
+        active, threshold = kl > active_threshold, active_threshold
+        rule = f"KL from the prior above {active_threshold} nats"
+        order = np.argsort(-kl, kind="stable")
+    else:
+        kl = posterior_variance = None
+        active, threshold = np.sqrt(code_variance) >= active_std, active_std
+        rule = f"standard deviation of the code over data at least {active_std} (the FactorVAE score's pruning)"
+        order = np.argsort(-code_variance, kind="stable")
     nmi = None
-    if codes is not None and factors is not None:
-        codes = np.asarray(codes, dtype=np.float64)
+    if factors is not None:
         factors = np.asarray(factors)
         entropy = _factor_entropies(factors)
         mi = _mutual_info_matrix(_histogram_discretize(codes, num_bins), factors)
@@ -601,16 +753,21 @@ def latent_report(kld_per_dim: np.ndarray, var_per_dim: np.ndarray,
         if factor_names is None:
             factor_names = [f"factor{j}" for j in range(factors.shape[1])]
     per_latent = []
-    for i in range(len(kl)):
+    for i, name in enumerate(latent_names(codes.shape[1])):
         best = int(np.argmax(nmi[i])) if nmi is not None and active[i] else None
         per_latent.append({
-            "index": i, "kl": float(kl[i]), "variance": float(var[i]), "active": bool(active[i]),
+            "index": i, "name": name,
+            "kl": float(kl[i]) if kl is not None else None,
+            "posterior_variance": float(posterior_variance[i]) if posterior_variance is not None else None,
+            "code_variance": float(code_variance[i]), "active": bool(active[i]),
             "best_factor": factor_names[best] if best is not None else None,
             "nmi": float(nmi[i, best]) if best is not None else None,
         })
     return {
-        "threshold": active_threshold,
+        "has_posterior": logvar is not None,
+        "active_rule": rule,
+        "threshold": threshold,
         "num_active": int(active.sum()),
-        "order": [int(i) for i in np.argsort(-kl, kind="stable")],
+        "order": [int(i) for i in order],
         "per_latent": per_latent,
     }

@@ -24,6 +24,24 @@ def test_full_file_loads_packed_with_its_factor_grid(full_dsprites):
     assert np.array_equal(data.latents_classes[index, 1:], factors[0])
 
 
+def test_full_file_has_the_real_layout_and_says_it_was_generated(full_dsprites):
+    """The real file's members, shapes and dtypes (read from the .npy headers, not the 2.8 GB of images), and
+    the generator's mark in its metadata."""
+    import zipfile
+
+    import dsprites_gen
+
+    expected = {"imgs": ((737_280, 64, 64), np.uint8), "latents_classes": ((737_280, 6), np.int64),
+                "latents_values": ((737_280, 6), np.float64), "metadata": ((), object)}
+    with zipfile.ZipFile(full_dsprites / DSPRITES_FILE) as archive:
+        assert sorted(archive.namelist()) == sorted(f"{key}.npy" for key in expected)
+        for key, (shape, dtype) in expected.items():
+            with archive.open(f"{key}.npy") as f:
+                np.lib.format.read_magic(f)
+                assert np.lib.format.read_array_header_1_0(f)[::2] == (shape, np.dtype(dtype)), key
+    assert dsprites_gen.is_generated(full_dsprites / DSPRITES_FILE) is True
+
+
 def test_missing_file_is_generated_and_trained_on(tmp_path, full_dsprites, capsys, monkeypatch):
     """A run on a dset_dir without the file says so, generates it, and trains with the fixed traversals."""
     import dsprites_gen

@@ -1,5 +1,10 @@
 """The procedural dSprites generator: fidelity to real frames, factor conventions, file layout."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -118,6 +123,8 @@ def test_small_generation_round_trip(tmp_path):
     np.testing.assert_array_equal(values, gen.latent_values_for(classes))
     np.testing.assert_array_equal(imgs, gen.render(classes))
     assert metadata["latents_names"] == gen.FACTOR_NAMES
+    assert metadata[gen.GENERATOR_KEY] == "dsprites_gen.py"  # one extra entry marks a generated file
+    assert {"title", "description", "version", "latents_sizes", "latents_possible_values"} <= set(metadata)
     np.testing.assert_array_equal(metadata["latents_sizes"], gen.FACTOR_SIZES)
     np.testing.assert_array_equal(metadata["latents_possible_values"]["orientation"], np.linspace(0, 2 * np.pi, 40))
 
@@ -154,3 +161,57 @@ def test_command_line_paths(tmp_path, monkeypatch, capsys):
     assert written == [gen.default_path(tmp_path / "data"), tmp_path / "elsewhere.npz"]
     assert gen.default_path("data") == Path("data/dsprites-dataset/dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz")
     assert "wrote" in capsys.readouterr().out
+
+
+def test_generated_files_are_told_from_others_without_unpickling(tmp_path):
+    generated = tmp_path / "generated.npz"
+    gen.generate_dsprites(generated, progress=False, _combos=[(0, 5, 0)])
+    assert gen.is_generated(generated) is True
+    real_like = tmp_path / "real.npz"  # the real file's layout, with its own metadata
+    metadata = {"title": "dSprites dataset", "author": "someone", "latents_sizes": np.array(gen.FACTOR_SIZES)}
+    np.savez(real_like, imgs=np.zeros((1, 64, 64), np.uint8), metadata=np.array(metadata, dtype=object))
+    assert gen.is_generated(real_like) is False
+    not_npz = tmp_path / "other.npz"
+    not_npz.write_bytes(b"not a zip file")
+    assert gen.is_generated(not_npz) is None
+
+
+SLOW_GENERATION = """
+import sys, time
+import numpy as np
+sys.path.insert(0, {root!r})
+import dsprites_gen as gen
+def slow(*combo):
+    time.sleep(0.05)
+    return np.zeros((1024, 64, 64), np.uint8)
+gen._render_combo = slow
+gen.generate_dsprites(sys.argv[1], progress=False, _combos=[(0, 0, o) for o in range(40)])
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_generation_leaves_no_temporary_file(tmp_path, signum):
+    target = tmp_path / "dsprites.npz"
+    script = SLOW_GENERATION.format(root=str(Path(gen.__file__).parent))
+    process = subprocess.Popen([sys.executable, "-c", script, str(target)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob(".*.tmp")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".*.tmp")), "the generation never started writing"
+    process.send_signal(signum)
+    returncode = process.wait(timeout=30)
+    assert returncode in (-signum, 128 + signum)  # ended by the signal, as without the generator's cleanup
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temporaries_of_killed_generations_are_swept_and_running_ones_kept(tmp_path):
+    target = tmp_path / "dsprites.npz"
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # its pid now belongs to no process
+    stale = tmp_path / f".dsprites.npz.{ended.pid}.0badc0de.tmp"  # as a SIGKILL'd generation leaves it
+    running = tmp_path / f".dsprites.npz.{os.getpid()}.0123abcd.tmp"  # another generation, still going
+    unrelated = tmp_path / ".other.npz.1.tmp"
+    for path in (stale, running, unrelated):
+        path.write_bytes(b"partial")
+    gen.generate_dsprites(target, progress=False, _combos=[(0, 5, 0)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, running.name, unrelated.name])

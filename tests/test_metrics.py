@@ -256,20 +256,79 @@ def test_latent_report_flags_sorts_and_labels():
     # latent 0 <- factor 2, latent 1 collapsed, latent 2 <- factor 0, latent 3 <- factor 4
     codes = np.stack([factors[:, 2] + 0.1 * rng.randn(3000), 0.01 * rng.randn(3000),
                       factors[:, 0] + 0.1 * rng.randn(3000), -factors[:, 4] * 1.0], axis=1)
-    kl = np.array([1.5, 0.002, 3.0, 0.7])
-    var = np.array([0.05, 0.99, 0.02, 0.2])
-    report = metrics.latent_report(kl, var, codes, factors, factor_names=GT.factor_names)
-    assert report["threshold"] == metrics.ACTIVE_KL_NATS
-    assert report["order"] == [2, 0, 3, 1]
+    logvar = np.log(np.broadcast_to([0.05, 0.99, 0.02, 0.2], codes.shape))
+    report = metrics.latent_report(codes, logvar, factors, factor_names=GT.factor_names)
+    assert report["has_posterior"] and report["threshold"] == metrics.ACTIVE_KL_NATS
     assert report["num_active"] == 3
     by_index = {lat["index"]: lat for lat in report["per_latent"]}
     assert [by_index[i]["best_factor"] for i in range(4)] == ["f2", None, "f0", "f4"]
     assert by_index[2]["nmi"] > 0.9
-    assert not by_index[1]["active"] and by_index[1]["variance"] == 0.99
+    assert not by_index[1]["active"] and by_index[1]["posterior_variance"] == pytest.approx(0.99)
+    kl = [by_index[i]["kl"] for i in range(4)]
+    assert report["order"] == sorted(range(4), key=lambda i: -kl[i])
+    assert [lat["name"] for lat in report["per_latent"]] == ["z0", "z1", "z2", "z3"]
 
 
-def test_latent_report_without_factors():
-    report = metrics.latent_report(np.array([0.5, 0.0, 0.2]), np.ones(3))
-    assert report["order"] == [0, 2, 1]
+def test_latent_report_kl_is_the_closed_form():
+    """KL(N(mu, s^2) || N(0, 1)) = (mu^2 + s^2 - log s^2 - 1) / 2, averaged over images."""
+    codes = np.array([[0.0, 1.0, 0.0], [0.0, 3.0, 0.0]])
+    logvar = np.array([[0.0, 0.0, np.log(4.0)], [0.0, 0.0, np.log(4.0)]])
+    report = metrics.latent_report(codes, logvar)
+    assert [lat["kl"] for lat in report["per_latent"]] == pytest.approx([0.0, (0.5 + 4.5) / 2,
+                                                                         (4 - np.log(4) - 1) / 2])
+    assert [lat["active"] for lat in report["per_latent"]] == [False, True, True]
+    assert [lat["code_variance"] for lat in report["per_latent"]] == pytest.approx([0.0, 1.0, 0.0])
+    assert report["order"] == [1, 2, 0]
+
+
+def test_latent_report_without_a_posterior_uses_the_spread_of_the_codes():
+    rng = np.random.RandomState(1)
+    codes = np.stack([0.3 * rng.randn(500), 0.01 * rng.randn(500), 2.0 * rng.randn(500)], axis=1)
+    report = metrics.latent_report(codes)
+    assert not report["has_posterior"] and report["threshold"] == metrics.FACTOR_VAE_PRUNE_STD
+    assert report["order"] == [2, 0, 1]
     assert [lat["active"] for lat in report["per_latent"]] == [True, False, True]
+    assert all(lat["kl"] is None and lat["posterior_variance"] is None for lat in report["per_latent"])
     assert all(lat["best_factor"] is None for lat in report["per_latent"])
+
+
+def test_latent_names_count_from_zero():
+    assert metrics.latent_names(3) == ["z0", "z1", "z2"]
+
+
+def test_protocol_draws_are_the_images_the_scores_encode():
+    """protocol_draws replays evaluate_all's draws: every factor row the scores ask images for, as often."""
+    class Recording(SyntheticGroundTruth):
+        def __init__(self):
+            super().__init__((3, 4, 5))
+            self.requested = []
+
+        def images_for_factors(self, factors):
+            self.requested.append(np.asarray(factors))
+            return super().images_for_factors(factors)
+
+    gt = Recording()
+    metrics.evaluate_all(gt, truth_plus_noise(4, noise=0.3), seed=5, scale=0.01)
+    requested = np.concatenate(gt.requested)
+    planned = np.concatenate(list(metrics.protocol_draws(gt, seed=5, scale=0.01)))
+    assert len(requested) == metrics.images_drawn(0.01)
+    # The scores fetch in blocks (BetaVAE a block's two halves together), so compare rows with their counts.
+    assert sorted(map(tuple, requested)) == sorted(map(tuple, planned))
+    assert not np.array_equal(np.concatenate(list(metrics.protocol_draws(gt, seed=6, scale=0.01))), planned)
+
+
+def test_mig_reports_its_mutual_information_matrix():
+    result = metrics.mig(SMALL_GT, truth, np.random.RandomState(0), num_train=2000)
+    mi = np.asarray(result["mutual_information"])
+    assert mi.shape == (3, 3)
+    entropy = np.asarray(result["factor_entropy"])
+    assert np.allclose(np.diag(mi), entropy)  # each code is its factor
+    top = -np.sort(-mi, axis=0)
+    assert result["score"] == pytest.approx(float(np.mean((top[0] - top[1]) / entropy)))
+
+
+def test_protocol_counts_scale_every_sample_count():
+    full, tenth = metrics.protocol(1.0), metrics.protocol(0.1)
+    assert full["beta_vae"] == {"batch_size": 64, "num_train": 10000, "num_eval": 5000}
+    assert tenth["factor_vae"]["num_variance_estimate"] == 1000 and tenth["dci"]["num_test"] == 500
+    assert tenth["beta_vae"]["batch_size"] == 64

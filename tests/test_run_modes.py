@@ -34,7 +34,7 @@ def test_a_finished_run_says_there_is_nothing_to_train(tmp_path, tiny_dsprites, 
 
 def test_many_latents_traverse_only_the_most_informative(tmp_path, tiny_dsprites):
     argv = run_args(tmp_path, tiny_dsprites, *QUICK, "--viz_name", "wide", "--max_iter", "1", "--z_dim", "64",
-                    "--traverse_latents", "4")
+                    "--top_latents", "4")
     assert main(argv) == 0
     folder = tmp_path / "outputs" / "wide" / "1"
     with Image.open(folder / "traverse_random_img.png") as png:

@@ -1,5 +1,7 @@
-"""SparseEncoder gives the dense encoder's posterior means: sprites anywhere, at the borders, blank images."""
+"""SparseEncoder gives the dense encoder's outputs: sprites anywhere, at the borders, blank images, in fp32 and
+bf16; its pattern and box kernels against plain computations."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,19 +82,99 @@ def test_an_empty_batch_gives_no_codes():
     assert SparseEncoder(trained_like(BetaVAE_B))(torch.zeros(0, 1, 64, 64, dtype=torch.uint8)).shape == (0, 10)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_occupied_rows_and_columns_match_a_plain_reduction(channels):
-    """The word-wise scan of uint8 images finds the same non-zero rows and columns as reducing pixels,
-    for any byte value (128 and up set an int64 word's sign bit) and for colour images."""
-    generator = torch.Generator().manual_seed(channels)
-    images = torch.zeros(64, channels, 64, 64, dtype=torch.uint8)
+def test_content_boxes_match_a_plain_reduction_and_flag_values_other_than_0_and_1():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.zeros(64, 64, 64, dtype=torch.uint8)
     spots = torch.randint(0, 64, (64, 2, 5), generator=generator)
     for b in range(64):
-        images[b, b % channels, spots[b, 0], spots[b, 1]] = torch.randint(1, 256, (5,), dtype=torch.uint8,
-                                                                          generator=generator)
+        images[b, spots[b, 0], spots[b, 1]] = 1
     images[0] = 0  # a blank image
-    rows, columns = sparse_encoder._occupied(images)
-    magnitude = images.amax(dim=1)
-    assert torch.equal(rows, magnitude.amax(2) != 0)
-    assert torch.equal(columns, magnitude.amax(1) != 0)
-    assert not rows[0].any() and rows[1:].any(1).all()
+    boxes, binary = sparse_encoder._content_boxes(images.numpy())
+    assert binary
+    for b in range(1, 64):
+        rows, cols = images[b].amax(1).nonzero()[:, 0], images[b].amax(0).nonzero()[:, 0]
+        assert boxes[b].tolist() == [rows.min(), rows.max(), cols.min(), cols.max()]
+    assert boxes[0].tolist() == [0, 0, 0, 0]
+    images[5, 3, 7] = 255
+    assert not sparse_encoder._content_boxes(images.numpy())[1]
+
+
+def test_conv1_patterns_are_the_pixels_conv1_reads():
+    """Pattern bit 4a+b is pixel (2p-1+a, 2q-1+b) of h1 position (p, q): the same number as a stride-2
+    convolution with weights 2^(4a+b) and conv1's padding; conv2's padding is PAD_PATTERN."""
+    images = sprites(16, seed=4).to(torch.uint8)
+    powers = (2.0 ** torch.arange(16)).view(1, 1, 4, 4)
+    full = torch.nn.functional.conv2d(images.float(), powers, stride=2, padding=1)[:, 0].long()  # (B, 32, 32)
+    size = 6
+    top, left = torch.arange(16) % (17 - size), torch.flip(torch.arange(16), (0,)) % (17 - size)
+    side = 2 * size + 2
+    patterns = np.empty((16, side, side), np.int64)
+    first_rows = np.empty_like(patterns)
+    first_row = np.full(sparse_encoder.PAD_PATTERN + 1, -1, np.int64)
+    first_row[sparse_encoder.PAD_PATTERN] = 0  # padding is always known; pixel patterns are not, yet
+    unknown = sparse_encoder._h1_patterns(images[:, 0].numpy(), top.numpy(), left.numpy(), size, first_row,
+                                          patterns, first_rows)
+    assert unknown == patterns.size - (patterns == sparse_encoder.PAD_PATTERN).sum()
+    padded = torch.nn.functional.pad(full, (1, 1, 1, 1), value=sparse_encoder.PAD_PATTERN)  # h1 rows -1 .. 32
+    for b in range(16):
+        rows, cols = slice(2 * top[b], 2 * top[b] + side), slice(2 * left[b], 2 * left[b] + side)
+        assert np.array_equal(patterns[b], padded[b, rows, cols].numpy())
+
+
+@pytest.mark.parametrize("model_class", [BetaVAE_B, BetaVAE_H])
+def test_logvar_and_uint8_input_match_the_dense_encoder(model_class):
+    model = trained_like(model_class)
+    x = sprites(48, seed=5)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+    sparse = SparseEncoder(model)
+    sparse_mu, sparse_logvar = sparse.encode(x.to(torch.uint8))
+    torch.testing.assert_close(sparse_mu, mu, rtol=0, atol=2e-5)
+    torch.testing.assert_close(sparse_logvar, logvar, rtol=0, atol=2e-5)
+    assert torch.equal(sparse(x), sparse_mu)  # float and uint8 input: the same codes
+
+
+def test_tables_follow_weights_changed_in_place():
+    model = trained_like(BetaVAE_B)
+    sparse = SparseEncoder(model)
+    x = sprites(32, seed=6)
+    sparse(x)
+    with torch.no_grad():
+        for p in model.encoder[:6].parameters():
+            p.mul_(1.5)  # as an optimiser step would: in place
+        dense = model.encode(x)[0]
+    torch.testing.assert_close(sparse(x), dense, rtol=0, atol=2e-5)
+
+
+def test_images_that_are_not_binary_run_densely_with_the_same_codes(monkeypatch):
+    def sparse_path(*args):
+        raise AssertionError("the pattern table is only for binary images")
+
+    monkeypatch.setattr(sparse_encoder, "_conv3_inputs", sparse_path)
+    model = trained_like(BetaVAE_B)
+    x = sprites(16, seed=7) * torch.rand(16, 1, 64, 64, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        dense = model.encode(x)[0]
+    torch.testing.assert_close(SparseEncoder(model)(x), dense, rtol=0, atol=2e-5)  # channels-last: other order
+    grey = (sprites(16, seed=9) * 200).to(torch.uint8)  # uint8 but 0/200: scale 1/255 as an image folder
+    with torch.no_grad():
+        dense = model.encode(grey.float() / 255)[0]
+    torch.testing.assert_close(SparseEncoder(model)(grey, 1 / 255), dense, rtol=0, atol=2e-5)
+
+
+def test_supports_only_encoders_whose_encode_splits_the_encoder_output():
+    class Tanh(BetaVAE_B):
+        def encode(self, x):
+            mu, logvar = super().encode(x)
+            return torch.tanh(mu), logvar
+
+    class NoPosterior(BetaVAE_B):
+        def encode(self, x):
+            return self.encoder(x)[:, :self.z_dim], None
+
+    assert not supports(Tanh())
+    assert supports(NoPosterior())
+    model = NoPosterior()
+    mu, logvar = SparseEncoder(model).encode(sprites(8, seed=10))
+    assert logvar is None and mu.shape == (8, 10)
+    assert not supports(torch.nn.Linear(2, 2))
