@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="NHWC layout for the conv weights and batches: the same arithmetic in another order, "
                           "faster on CPU (bench.py)")
     run.add_argument("--compile", default=False, type=str2bool,
-                     help="torch.compile the training forward (with CUDA graphs on a GPU); on CPU no faster after "
-                          "a one-off compile of about 45 s")
+                     help="torch.compile the training forward (with CUDA graphs on a GPU); on CPU it measured no "
+                          "faster, on AVX-512 or AVX2 (bench.py), and costs a one-off compile")
 
     method = p.add_argument_group("method and hyperparameters")
     method.add_argument("--objective", default="H", type=method_name, choices=list(METHODS), metavar="METHOD",

@@ -266,3 +266,17 @@ def test_records_that_could_not_be_written_make_the_run_fail(tmp_path, tiny_dspr
     err = capsys.readouterr().err
     assert "3 record(s) could not be written" in err and "metrics.jsonl" in err
     assert load_checkpoint(tmp_path / "checkpoints" / "lost" / "last")["iter"] == 3  # the run itself is saved
+
+
+def test_atomically_written_files_get_the_usual_permissions(tmp_path):
+    from utils import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "new", lambda f: f.write(b"x"))
+        assert (tmp_path / "new").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+        (tmp_path / "new").chmod(0o640)
+        atomic_write(tmp_path / "new", lambda f: f.write(b"y"))
+        assert (tmp_path / "new").stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
+    finally:
+        os.umask(old)
