@@ -31,7 +31,16 @@ from precision import announce, choose
 from resume import checkpoint_path, resume
 from runlock import RunLock, RunLocked
 from solver import Checkpointer, Interrupted, NonFiniteLoss, OutputWriter, Schedule, Solver
-from utils import check_writable, iter_count, non_negative, pick_device, positive, seed_everything, str2bool
+from utils import (
+    check_writable,
+    iter_count,
+    non_negative,
+    pick_device,
+    port_number,
+    positive,
+    seed_everything,
+    str2bool,
+)
 
 MODEL_IMAGE_SIZE = 64  # every architecture is built for 64×64 inputs
 
@@ -144,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("--viz_on", default=True, type=str2bool, help="stream to a visdom server")
     viz.add_argument("--viz_name", default="main", type=str,
                      help="run name: visdom environments, output and checkpoint folders")
-    viz.add_argument("--viz_port", default=8097, type=int, help="visdom server port (1-65535)")
+    viz.add_argument("--viz_port", default=8097, type=port_number, help="visdom server port (1-65535)")
     viz.add_argument("--viz_server", default="http://localhost", type=str, help="visdom server address")
     viz.add_argument("--save_output", default=True, type=str2bool, help="write pictures to output_dir")
     viz.add_argument("--output_dir", default="outputs", type=str, help="folder for logs, pictures and scores")
@@ -198,8 +207,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--image_size {args.image_size}: every model here takes 64×64 images; use 64")
     if not 0 <= args.seed < 2**32:
         parser.error(f"argument --seed: must be between 0 and 2**32 - 1 (what NumPy accepts), got {args.seed}")
-    if not 1 <= args.viz_port <= 65535:
-        parser.error(f"argument --viz_port: a port is between 1 and 65535, got {args.viz_port}")
     resolve_defaults(args)
     for message in flag_errors(args):
         parser.error(message)

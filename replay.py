@@ -17,17 +17,7 @@ import sys
 from pathlib import Path
 
 from loggers import TOP_LATENTS, read_metrics
-
-
-def port_number(value: str) -> int:
-    """argparse type: a TCP port, 1 to 65535."""
-    try:
-        port = int(value)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value!r}")
-    return port
+from utils import port_number
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

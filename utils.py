@@ -71,6 +71,17 @@ def non_negative(kind):
     return parse
 
 
+def port_number(value: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value!r}")
+    return port
+
+
 def seed_everything(seed: int) -> None:
     """Seed every RNG a run touches (Python, NumPy, torch CPU and CUDA)."""
     random.seed(seed)

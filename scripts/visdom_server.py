@@ -357,7 +357,8 @@ def wait_until_up(port: int, process: subprocess.Popen | None = None, log_file: 
 
 
 def port_number(value: str) -> int:
-    """argparse type: a TCP port, 1 to 65535."""
+    """argparse type: a TCP port, 1 to 65535 (as utils.port_number; this script imports nothing of the
+    project, so that it starts without torch)."""
     try:
         port = int(value)
     except ValueError:

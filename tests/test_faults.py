@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_args, write_dsprites_npz
+from conftest import ROOT, assert_equal, run_args, write_dsprites_npz
 from PIL import Image
 
 import main as main_module
@@ -73,21 +73,6 @@ def assert_same_run(tmp_path: Path, name: str, reference: Path) -> None:
     for key in STATE_KEYS:
         assert_equal(got.get(key), want.get(key), key)
     assert gathered(tmp_path, name) == gathered(reference, "ref")
-
-
-def assert_equal(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys differ"
-        for key in a:
-            assert_equal(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), f"{where}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def gathered(root: Path, name: str) -> dict:

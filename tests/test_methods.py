@@ -11,7 +11,7 @@ import shlex
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_args
+from conftest import ROOT, assert_equal, run_args
 
 from checkpoint import load_checkpoint
 from main import main, parse_args
@@ -67,21 +67,6 @@ def test_three_iterations_write_a_checkpoint_their_stats_and_pictures(tmp_path, 
         assert (folder / picture).stat().st_size > 0
 
 
-def assert_identical(a, b, where: str = "checkpoint") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys differ"
-        for key in a:
-            assert_identical(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), f"{where}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 @pytest.mark.parametrize("objective", TRAINED)
 def test_two_plus_two_iterations_equal_four_bit_for_bit(tmp_path, tiny_dsprites, one_thread, objective):
     common = run_args(tmp_path, tiny_dsprites, "--objective", objective, "--batch_size", "8", "--gather_step", "1",
@@ -91,7 +76,7 @@ def test_two_plus_two_iterations_equal_four_bit_for_bit(tmp_path, tiny_dsprites,
     assert main(common + ["--viz_name", "halves", "--max_iter", "4"]) == 0
     straight, halves = (load_checkpoint(tmp_path / "checkpoints" / run / "last") for run in ("straight", "halves"))
     for key in ("iter", "model_states", "optim_states", "rng", "gather"):
-        assert_identical(halves[key], straight[key], key)
+        assert_equal(halves[key], straight[key], key)
     assert records(tmp_path, "halves")[-2:] == records(tmp_path, "straight")[-2:]
 
 
