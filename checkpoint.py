@@ -231,13 +231,23 @@ def restore(checkpoint: dict, path: Path, method, with_optimizers: bool = True) 
             net.load_state_dict(checkpoint["model_states"][name])
         if with_optimizers:
             for name, optimizer in method.optimizers.items():
-                optimizer.load_state_dict(checkpoint["optim_states"][name])
+                load_optimizer(optimizer, checkpoint["optim_states"][name])
             restore_rng(checkpoint)
         method.load_extra_state(checkpoint.get("method_state", {}))
     except (KeyError, RuntimeError, ValueError, TypeError) as err:  # what validation cannot foresee
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path} cannot be resumed: its contents do not fit this run ({reason}). "
                               f"{START_FRESH}") from None
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load an optimiser's moments and step counts, keeping the lr and betas it was built with from this run's
+    flags: a saved state would bring back the checkpoint's, and silently undo a --lr given on resume
+    (resume.py lets such a change through only with --resume_with_changes True)."""
+    in_effect = [{key: group[key] for key in ("lr", "betas")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, hyperparameters in zip(optimizer.param_groups, in_effect, strict=True):
+        group.update(hyperparameters)
 
 
 def restore_rng(checkpoint: dict) -> None:

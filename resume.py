@@ -83,7 +83,7 @@ def resume(args, config: dict, method) -> tuple[int, dict | None]:
             config["changes"] = list(saved["changes"])
     restore(checkpoint, path, method, with_optimizers=True)
     if changed:
-        _apply_changes(args, config, method, saved, changed, step)
+        _apply_changes(args, config, saved, changed, step)
     print(f"Resumed from {path} at iteration {step}.")
     return step, checkpoint
 
@@ -112,12 +112,11 @@ def _review_changes(args, saved: dict, config: dict, path: Path, step: int) -> l
     return guarded
 
 
-def _apply_changes(args, config: dict, method, saved: dict, changed: list, step: int) -> None:
-    """Make accepted changes take full effect and record them; hyperparameters and data are already in
-    effect, because the method and the data were built from this run's flags."""
+def _apply_changes(args, config: dict, saved: dict, changed: list, step: int) -> None:
+    """Make accepted changes take full effect and record them. Hyperparameters, data and the optimisers'
+    lr and betas are in effect already: the method and the data were built from this run's flags, and
+    checkpoint.restore keeps the optimisers' flags over the saved ones."""
     flags = {f for f, _, _ in changed}
-    if flags & {"lr", "beta1", "beta2"}:
-        method.set_optimizer_hyperparameters(args.lr, (args.beta1, args.beta2))
     if "seed" in flags:  # the data order follows the new seed from here; so does the sampling noise
         torch.manual_seed(args.seed)
     config["changes"] = list(saved.get("changes", [])) + [

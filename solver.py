@@ -233,6 +233,7 @@ class Solver:
         # The loss terms whose NaN or inf stops the run, and the first iteration where one was not finite
         # (-1: none yet) with a bit mask of which terms (bit i: watched term i).
         self.watched = list(method.watched.items())
+        self.term_bits = 2 ** torch.arange(len(self.watched), device=device)  # (terms,): 1, 2, 4, ...
         self.first_bad = torch.tensor([-1, 0], device=device)
 
     # ------------------------------------------------------------------ the step
@@ -249,7 +250,7 @@ class Solver:
         if not self.watched:
             return
         bad = torch.stack([~torch.isfinite(stats[name]) for name, _ in self.watched]).long()
-        term = (bad * (2 ** torch.arange(len(self.watched), device=bad.device))).sum()
+        term = (bad * self.term_bits).sum()
         first = (self.first_bad[0] < 0) & (term > 0)
         self.first_bad = torch.where(first, torch.stack([torch.full((), self.step, device=self.device), term]),
                                      self.first_bad)

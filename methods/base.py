@@ -97,10 +97,6 @@ class Method:
         over its range with the other latents held at the image's code."""
         raise NotImplementedError
 
-    def samples(self, n: int, seed: int) -> torch.Tensor | None:
-        """n generated images (n, C, H, W) in [0, 1] (for methods that do not reconstruct), or None."""
-        return None
-
     # ---------------------------------------------------------------- shared plumbing
 
     def train(self, mode: bool = True) -> "Method":
@@ -122,10 +118,6 @@ class Method:
     def load_extra_state(self, state: dict) -> None:
         pass
 
-    def set_optimizer_hyperparameters(self, lr: float, betas: tuple[float, float]) -> None:
-        """Apply a changed --lr/--beta1/--beta2 to a resumed run (main.py --resume_with_changes)."""
-        for group in self.optimizers["optim"].param_groups:
-            group["lr"], group["betas"] = lr, betas
 
 
 class VAEMethod(Method):

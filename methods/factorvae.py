@@ -59,7 +59,6 @@ class FactorVAE(VAEMethod):
         super().__init__(args.objective, build_model(args.model, args.z_dim, nc), distribution, compute,
                          args.lr, (args.beta1, args.beta2))
         self.gamma = args.gamma
-        self.discriminator_hyperparameters = {"lr": args.lr_D, "betas": (args.beta1_D, args.beta2_D)}
         self.discriminator = compute.place(Discriminator(args.z_dim))
         self.networks["discriminator"] = self.discriminator
         self.optimizers["optim_discriminator"] = compute.adam(self.discriminator.parameters(), args.lr_D,
@@ -84,9 +83,3 @@ class FactorVAE(VAEMethod):
         self.optimizers["optim"].step()
         self.optimizers["optim_discriminator"].step()
         return {k: v.detach() for k, v in stats.items()}
-
-    def load_extra_state(self, state: dict) -> None:
-        # A loaded optimiser state brings the checkpoint's lr and betas; the flags in effect win (a change
-        # of --lr_D/--beta1_D/--beta2_D only gets this far with --resume_with_changes True).
-        for group in self.optimizers["optim_discriminator"].param_groups:
-            group.update(self.discriminator_hyperparameters)

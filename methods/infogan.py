@@ -146,7 +146,6 @@ class InfoGAN(Method):
         self.networks = {"net": self.generator, "discriminator": self.discriminator}
         self.g_params = [*self.generator.parameters(), *self.discriminator.q_head.parameters()]
         self.d_params = [*self.discriminator.body.parameters(), *self.discriminator.d_head.parameters()]
-        self.discriminator_hyperparameters = {"lr": args.lr_D, "betas": (args.beta1_D, args.beta2_D)}
         self.optimizers = {
             "optim": compute.adam(self.g_params, args.lr, (args.beta1, args.beta2)),
             "optim_discriminator": compute.adam(self.d_params, args.lr_D, (args.beta1_D, args.beta2_D)),
@@ -224,19 +223,4 @@ class InfoGAN(Method):
             codes[row, :, latent] = values
         images = self.generate(codes.reshape(-1, self.z_dim))  # (rows·steps, C, H, W)
         return images.reshape(len(order), TRAVERSE_STEPS, *image.shape).cpu()
-
-    @torch.no_grad()
-    def samples(self, n: int, seed: int) -> torch.Tensor:
-        """n images from the prior, codes and noise drawn from their own generator (the training RNG is
-        left alone)."""
-        rng = torch.Generator().manual_seed(seed)
-        device = self.compute.device
-        codes = uniform((n, self.z_dim), "cpu", rng).to(device)
-        noise = uniform((n, self.generator.noise_dim), "cpu", rng).to(device)
-        return self.generate(codes, noise)
-
-    def load_extra_state(self, state: dict) -> None:
-        # The flags in effect win over the lr and betas a loaded optimiser state brings (see factorvae.py).
-        for group in self.optimizers["optim_discriminator"].param_groups:
-            group.update(self.discriminator_hyperparameters)
 
