@@ -20,7 +20,8 @@ and one configuration's caches cannot help or hurt another. Each process trains 
 
 Configurations (`NAME[:option+option...]`). Options fp32, bf16, nchw, channels_last, compile
 override main.py's defaults for B and H (default precision: auto); `unfused` uses Adam's
-per-tensor step instead of the fused one; `avx2` runs the configuration, ref-B included, with
+per-tensor step instead of the fused one; `torchconv` runs the transposed convs as torch.nn's
+instead of fast_conv's; `avx2` runs the configuration, ref-B included, with
 the instruction set capped as on an AVX2-only CPU (ONEDNN_MAX_CPU_ISA=AVX2
 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2), and its ratio is to ref-B under the
 same cap:
@@ -40,9 +41,16 @@ matrix-product peak (a 2048×2048 product, median of 5): the ceiling that a trai
 GFLOP/s is compared with in the `% peak` column.
 
     python bench.py --configs ref-B,B,ref-B:avx2,B:avx2      # both CPU kinds, each against its reference
+
+`--layers` times, instead, each transposed conv of the decoders alone, forward and backward at
+batch 64 under the precision `auto` picks, as torch.nn's layer and as fast_conv's, natively and
+under the AVX2 cap: the figures behind fast_conv's kernel choices.
+
+    python bench.py --layers
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -57,8 +65,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import fast_conv
 import main as train_main
 from dataset import DATASETS, batches, ensure_dsprites
 from losses import Objective, kl_divergence, reconstruction_loss
@@ -72,7 +82,7 @@ FULL_FLOAT32_GIB = FULL_DSPRITES * 64 * 64 * 4 / 2**30  # the reference's in-mem
 # Options map to main.py flags; what is not named keeps main.py's default.
 OPTIONS = {"fp32": ["--precision", "fp32"], "bf16": ["--precision", "bf16"], "nchw": ["--channels_last", "False"],
            "channels_last": ["--channels_last", "True"], "compile": ["--compile", "True"]}
-BENCH_OPTIONS = ("unfused", "avx2")  # handled by the bench itself, not by main.py flags
+BENCH_OPTIONS = ("unfused", "torchconv", "avx2")  # handled by the bench itself, not by main.py flags
 # An AVX2-only CPU, emulated: oneDNN (convolutions), ATen (torch's own kernels) and MKL (fp32 matrix products).
 AVX2_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 COLUMNS = ("config", "device", "options", "it/s", "images/s", "GFLOP/step", "GFLOP/s", "% peak", "peak RSS",
@@ -143,6 +153,10 @@ def run_ours(job: Job) -> dict:
         fused = solver.method.optimizers["optim"]
         solver.method.optimizers["optim"] = torch.optim.Adam(fused.param_groups[0]["params"], lr=args.lr,
                                                               betas=(args.beta1, args.beta2), fused=False)
+    if "torchconv" in job.options:  # torch.nn's transposed-conv kernels, for comparing with fast_conv's
+        layers = [m for net in solver.method.networks.values() for m in net.modules()]
+        for layer in (m for m in layers if isinstance(m, fast_conv.ConvTranspose2d)):
+            layer.forward = functools.partial(nn.ConvTranspose2d.forward, layer)
     stream = batches(solver.data, solver.order, 1, solver.device, solver.num_workers)
 
     # The body of Solver.train without its periodic actions (pictures, checkpoints), which
@@ -160,7 +174,9 @@ def run_ours(job: Job) -> dict:
     result["flops"] = count_step_flops(lambda: solver.method.train_step(x, solver.step + 1))
     precision = solver.checkpointer.config["precision_used"]
     result["options"] = "+".join([precision] + ["channels_last"] * args.channels_last + ["compile"] * args.compile
-                                 + ["unfused"] * ("unfused" in job.options) + ["AVX2 cap"] * ("avx2" in job.options))
+                                 + ["unfused"] * ("unfused" in job.options)
+                                 + ["torch.nn convT"] * ("torchconv" in job.options)
+                                 + ["AVX2 cap"] * ("avx2" in job.options))
     stream.close()
     return result
 
@@ -218,6 +234,69 @@ def run_reference(job: Job) -> dict:
     return result
 
 
+# The decoders' transposed convs (C_in, C_out, input side): model B's four on dSprites, then the
+# last layer of H (and of every model) on colour images.
+DECODER_LAYERS = [(32, 32, 4), (32, 32, 8), (32, 32, 16), (32, 1, 32), (32, 3, 32)]
+
+
+def time_layer(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, dtype, calls: int) -> tuple[float, float]:
+    """Seconds per forward and per backward of `layer` on x, over `calls` calls, under autocast to `dtype`."""
+    forward_s = backward_s = 0.0
+    for _ in range(calls):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            y = layer(x)
+        middle = time.perf_counter()
+        y.backward(grad.to(y.dtype))
+        backward_s += time.perf_counter() - middle
+        forward_s += middle - start
+    return forward_s / calls, backward_s / calls
+
+
+def time_layers(job: Job) -> dict:
+    """{"precision": ..., "layers": [[label, nn fwd ms, ours fwd ms, nn bwd ms, ours bwd ms], ...]}.
+
+    Each figure is the median of 4 rounds of `job.iters` calls, torch.nn's layer and ours alternating
+    round by round, after a warm-up round."""
+    import precision
+
+    choice = precision.choose("auto", torch.device("cpu"))
+    torch.manual_seed(job.seed)
+    rows = []
+    for c_in, c_out, side in DECODER_LAYERS:
+        ours = fast_conv.ConvTranspose2d(c_in, c_out, 4, 2, 1).to(memory_format=torch.channels_last)
+        theirs = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1).to(memory_format=torch.channels_last)
+        theirs.load_state_dict(ours.state_dict())
+        x = torch.randn(BATCH, c_in, side, side).to(memory_format=torch.channels_last).requires_grad_()
+        grad = torch.randn(BATCH, c_out, 2 * side, 2 * side).to(memory_format=torch.channels_last)
+        times = {"nn": [], "ours": []}
+        for round_ in range(5):
+            for name, layer in (("nn", theirs), ("ours", ours)):
+                timed = time_layer(layer, x, grad, choice.dtype, job.iters if round_ else 2)
+                if round_:  # round 0 warms up
+                    times[name].append(timed)
+        median = {name: sorted(t, key=sum)[len(t) // 2] for name, t in times.items()}
+        rows.append([f"{c_in} -> {c_out}, {side}×{side} -> {2 * side}×{2 * side}"]
+                    + [1000 * median[name][part] for part in (0, 1) for name in ("nn", "ours")])
+    return {"precision": choice.name, "layers": rows}
+
+
+def report_layers(args, scratch: str) -> None:
+    """Print the per-layer table, natively and under the AVX2 cap."""
+    print("| layer (C_in -> C_out, size) | CPU | precision | torch.nn forward | ours | torch.nn backward | ours "
+          "| × (forward + backward) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for options in ([], ["avx2"]):
+        job = Job("layers", options, "cpu", args.iters, 0, "", 0, tempfile.mkdtemp(dir=scratch), threads=args.threads)
+        result = run_worker(job)
+        for label, nn_fwd, our_fwd, nn_bwd, our_bwd in result["layers"]:
+            ratio = (nn_fwd + nn_bwd) / (our_fwd + our_bwd)
+            print(f"| {label} | {'AVX2 cap' if options else 'native'} | {result['precision']} | {nn_fwd:.2f} ms "
+                  f"| {our_fwd:.2f} ms | {nn_bwd:.2f} ms | {our_bwd:.2f} ms | {ratio:.2f}× |")
+    print(f"\n- Batch {BATCH}, channels_last; each figure is the median of 4 rounds of {args.iters} calls.")
+    print(f"- Machine: {machine(args.threads)}.")
+
+
 def device_sync(device):
     """A function that waits for the device's queued work (timing GPU work needs it)."""
     if device.type == "cuda":
@@ -252,6 +331,9 @@ def worker(job: Job) -> None:
         torch.set_num_threads(job.threads)
     if job.config == "hardware":
         print(RESULT_TAG + json.dumps(hardware(job.threads)), flush=True)
+        return
+    if job.config == "layers":
+        print(RESULT_TAG + json.dumps(time_layers(job)), flush=True)
         return
     run = run_reference if job.config == "ref-B" else run_ours
     result = run(job)
@@ -397,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads in every configuration (default: torch's choice, one per core)")
     p.add_argument("--quick", action="store_true", help="smoke test: 3 iterations after 1, on small generated data")
+    p.add_argument("--layers", action="store_true",
+                   help="time the decoders' transposed convs alone, torch.nn's and fast_conv's (see above)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
 
@@ -472,6 +556,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.iters, args.warmup = 3, 1
+    if args.layers:
+        with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+            report_layers(args, scratch)
+        return 0
     devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
                "cpu": ["cpu"], "cuda": ["cuda"]}[args.device]
     # One epoch of the reference's shuffled loader covers the whole run, as its 11,520-batch

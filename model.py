@@ -14,6 +14,8 @@ of disentanglement_lib's study (Locatello et al. 2019), which the methods compar
 import torch
 from torch import nn
 
+from fast_conv import ConvTranspose2d
+
 
 class View(nn.Module):
     """Reshape inside an nn.Sequential (it has no parameters, so keys are unaffected)."""
@@ -88,15 +90,15 @@ class BetaVAE_H(BetaVAE):
             nn.Linear(z_dim, 256),  # 0: (B, 256)
             View(-1, 256, 1, 1),  # 1: (B, 256, 1, 1)
             nn.ReLU(True),
-            nn.ConvTranspose2d(256, 64, 4),  # 3: (B, 64, 4, 4)
+            ConvTranspose2d(256, 64, 4),  # 3: (B, 64, 4, 4)
             nn.ReLU(True),
-            nn.ConvTranspose2d(64, 64, 4, 2, 1),  # 5: (B, 64, 8, 8)
+            ConvTranspose2d(64, 64, 4, 2, 1),  # 5: (B, 64, 8, 8)
             nn.ReLU(True),
-            nn.ConvTranspose2d(64, 32, 4, 2, 1),  # 7: (B, 32, 16, 16)
+            ConvTranspose2d(64, 32, 4, 2, 1),  # 7: (B, 32, 16, 16)
             nn.ReLU(True),
-            nn.ConvTranspose2d(32, 32, 4, 2, 1),  # 9: (B, 32, 32, 32)
+            ConvTranspose2d(32, 32, 4, 2, 1),  # 9: (B, 32, 32, 32)
             nn.ReLU(True),
-            nn.ConvTranspose2d(32, nc, 4, 2, 1),  # 11: (B, nc, 64, 64)
+            ConvTranspose2d(32, nc, 4, 2, 1),  # 11: (B, nc, 64, 64)
         )
         self.init_weights()
 
@@ -130,13 +132,13 @@ class BetaVAE_B(BetaVAE):
             nn.Linear(256, 32 * 4 * 4),  # 4: (B, 512)
             nn.ReLU(True),
             View(-1, 32, 4, 4),  # 6: (B, 32, 4, 4)
-            nn.ConvTranspose2d(32, 32, 4, 2, 1),  # 7: (B, 32, 8, 8)
+            ConvTranspose2d(32, 32, 4, 2, 1),  # 7: (B, 32, 8, 8)
             nn.ReLU(True),
-            nn.ConvTranspose2d(32, 32, 4, 2, 1),  # 9: (B, 32, 16, 16)
+            ConvTranspose2d(32, 32, 4, 2, 1),  # 9: (B, 32, 16, 16)
             nn.ReLU(True),
-            nn.ConvTranspose2d(32, 32, 4, 2, 1),  # 11: (B, 32, 32, 32)
+            ConvTranspose2d(32, 32, 4, 2, 1),  # 11: (B, 32, 32, 32)
             nn.ReLU(True),
-            nn.ConvTranspose2d(32, nc, 4, 2, 1),  # 13: (B, nc, 64, 64)
+            ConvTranspose2d(32, nc, 4, 2, 1),  # 13: (B, nc, 64, 64)
         )
         self.init_weights()
 
@@ -175,13 +177,13 @@ class BetaVAE_DLIB(BetaVAE):
             nn.Linear(256, 64 * 4 * 4),  # 2: (B, 1024)
             nn.ReLU(True),
             View(-1, 64, 4, 4),  # 4: (B, 64, 4, 4)
-            nn.ConvTranspose2d(64, 64, 4, 2, 1),  # 5: (B, 64, 8, 8)
+            ConvTranspose2d(64, 64, 4, 2, 1),  # 5: (B, 64, 8, 8)
             nn.ReLU(True),
-            nn.ConvTranspose2d(64, 32, 4, 2, 1),  # 7: (B, 32, 16, 16)
+            ConvTranspose2d(64, 32, 4, 2, 1),  # 7: (B, 32, 16, 16)
             nn.ReLU(True),
-            nn.ConvTranspose2d(32, 32, 4, 2, 1),  # 9: (B, 32, 32, 32)
+            ConvTranspose2d(32, 32, 4, 2, 1),  # 9: (B, 32, 32, 32)
             nn.ReLU(True),
-            nn.ConvTranspose2d(32, nc, 4, 2, 1),  # 11: (B, nc, 64, 64)
+            ConvTranspose2d(32, nc, 4, 2, 1),  # 11: (B, nc, 64, 64)
         )
         self.init_weights()
 

@@ -54,6 +54,7 @@ What the scores of an InfoGAN measure (the scoring protocol sees only `encoder.e
 import torch
 from torch import nn
 
+from fast_conv import ConvTranspose2d
 from losses import gan_discriminator_loss, gan_generator_loss, info_gan_code_loss, uniform_code_entropy
 from methods.base import Compute, Method
 from visualize import TRAVERSE_STEPS
@@ -76,7 +77,7 @@ class Generator(nn.Module):
         self.register_buffer("fixed_noise", uniform((noise_dim,), "cpu"))
 
         def up(c_in: int, c_out: int, *conv) -> list[nn.Module]:
-            return [nn.ConvTranspose2d(c_in, c_out, *conv, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+            return [ConvTranspose2d(c_in, c_out, *conv, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
 
         self.net = nn.Sequential(
             *up(z_dim + noise_dim, 256, 1),  # (B, 256, 1, 1)
@@ -85,7 +86,7 @@ class Generator(nn.Module):
             *up(128, 64, 4, 2, 1),  # (B, 64, 8, 8)
             *up(64, 64, 4, 2, 1),  # (B, 64, 16, 16)
             *up(64, 32, 4, 2, 1),  # (B, 32, 32, 32)
-            nn.ConvTranspose2d(32, nc, 4, 2, 1),  # (B, nc, 64, 64)
+            ConvTranspose2d(32, nc, 4, 2, 1),  # (B, nc, 64, 64)
             nn.Tanh(),
         )
 

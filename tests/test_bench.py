@@ -33,9 +33,23 @@ def test_quick_bench_prints_the_table_and_the_ratio():
     assert "fp32 matrix-product peak" in machine
 
 
+def test_layers_table_times_every_decoder_layer_on_both_cpu_kinds():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--layers", "--iters", "2"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in proc.stdout.splitlines()
+            if line.startswith("| ") and "×" in line and "C_in" not in line]
+    assert len(rows) == 2 * len(bench.DECODER_LAYERS)
+    assert [row[1] for row in rows] == ["native"] * len(bench.DECODER_LAYERS) + ["AVX2 cap"] * len(bench.DECODER_LAYERS)
+    assert {row[2] for row in rows[len(bench.DECODER_LAYERS):]} == {"fp32"}  # auto under the cap
+    for row in rows:
+        assert all(float(cell.removesuffix(" ms")) > 0 for cell in row[3:7])
+        assert row[7].endswith("×")
+
+
 def test_help_lists_the_configurations():
     text = bench.build_parser().format_help()
-    for name in ("ref-B", "`B`", "`H`", "avx2", "unfused"):
+    for name in ("ref-B", "`B`", "`H`", "avx2", "unfused", "torchconv", "--layers"):
         assert name in text
     assert "(default: 60)" in text  # defaults are shown
 
