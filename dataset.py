@@ -180,11 +180,13 @@ def _is_full_grid(latents_classes: np.ndarray, sizes: tuple[int, ...]) -> bool:
     return bool(np.array_equal(latents_classes[:, 1:] @ strides, np.arange(latents_classes.shape[0])))
 
 
-def load_dsprites(path: Path, chunk: int = 16384) -> DSprites:
+def load_dsprites(path: Path, chunk: int = 1024) -> DSprites:
     """Read the dSprites npz without ever holding the 2.8 GiB of uint8 images at once.
 
     The `imgs` member is inflated straight from the zip in chunks, and each chunk
-    is bit-packed; peak memory is the packed array plus one chunk.
+    is bit-packed; peak memory is the packed array plus one chunk. Chunks of 1,024
+    images (4 MiB) load the full file in about 4 s here, against 7 s for 16,384: the
+    allocator reuses a small chunk's memory, while each large one is mapped afresh.
     """
     try:
         with zipfile.ZipFile(path) as archive:

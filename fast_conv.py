@@ -17,7 +17,7 @@ figures are in the README):
 3. That last layer runs in fp32 even under bf16 autocast: with so few outputs bf16 saves nothing
    there, and oneDNN's bf16 backward for it was the slower one. Its logits are fp32 either way.
 
-On CUDA the layer is exactly torch.nn's.
+On CUDA, and under torch.compile, the layer is exactly torch.nn's.
 """
 
 import torch
@@ -99,6 +99,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
                               and self.out_channels <= PHASE_MAX_CHANNELS)
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
-        if x.device.type != "cpu" or output_size is not None:
+        # Under torch.compile Inductor chooses the kernels; traced through TransposedConv it chose slower ones.
+        if x.device.type != "cpu" or output_size is not None or torch.compiler.is_compiling():
             return super().forward(x, output_size)
         return cpu_forward(self, x)

@@ -33,16 +33,25 @@ def test_quick_bench_prints_the_table_and_the_ratio():
     assert "fp32 matrix-product peak" in machine
 
 
-def test_layers_table_times_every_decoder_layer_on_both_cpu_kinds():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--layers", "--iters", "2"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in proc.stdout.splitlines()
-            if line.startswith("| ") and "×" in line and "C_in" not in line]
+def test_layers_table_times_every_decoder_layer_on_both_cpu_kinds(monkeypatch, tmp_path, capsys):
+    """report_layers asks a worker for each CPU kind (run_worker caps the instruction set for "avx2",
+    as for every configuration); here the workers run in this process, one call per figure."""
+    kinds = []
+
+    def in_process(job):
+        kinds.append(job.options)
+        return bench.time_layers(job)
+
+    monkeypatch.setattr(bench, "run_worker", in_process)
+    bench.report_layers(argparse.Namespace(iters=1, threads=0), str(tmp_path))
+    assert kinds == [[], ["avx2"]]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and "C_in" not in line]
     assert len(rows) == 2 * len(bench.DECODER_LAYERS)
     assert [row[1] for row in rows] == ["native"] * len(bench.DECODER_LAYERS) + ["AVX2 cap"] * len(bench.DECODER_LAYERS)
-    assert {row[2] for row in rows[len(bench.DECODER_LAYERS):]} == {"fp32"}  # auto under the cap
+    assert [row[0] for row in rows[:2]] == ["32 -> 32, 4×4 -> 8×8", "32 -> 32, 8×8 -> 16×16"]
     for row in rows:
+        assert row[2] in ("fp32", "bf16")
         assert all(float(cell.removesuffix(" ms")) > 0 for cell in row[3:7])
         assert row[7].endswith("×")
 

@@ -24,7 +24,7 @@ import precision
 from dataset import DSPRITES_FILE
 from main import main
 
-ITERS = 200
+ITERS = 120
 EMULATED_ITERS = 40  # bf16 variants on hardware that emulates bf16
 GATHER = 20
 TOLERANCE = 0.03  # relative, per gathered point: about 14× the largest deviation observed
