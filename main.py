@@ -34,6 +34,7 @@ from solver import Checkpointer, Interrupted, NonFiniteLoss, OutputWriter, Sched
 from utils import (
     check_writable,
     iter_count,
+    keep_freed_memory,
     non_negative,
     pick_device,
     port_number,
@@ -266,6 +267,7 @@ def make_evaluator(data, device, run_dir: Path, args: argparse.Namespace, spec, 
 
 def build_solver(args: argparse.Namespace) -> Solver:
     spec = dataset_spec(args)  # the table's entry with this run's --channels, --distribution and --subset
+    keep_freed_memory()  # every step reuses the last step's memory instead of mapping it afresh
     device = pick_device(args.cuda)
     precision = choose(args.precision, device)
     print(announce(precision))

@@ -1,7 +1,11 @@
 """Short end-to-end runs: outputs, checkpoints, resume and --train False."""
 
+import subprocess
+import sys
+
+import pytest
 import torch
-from conftest import run_args
+from conftest import ROOT, run_args
 
 from checkpoint import describe_weights, load_checkpoint, model_from_checkpoint
 from main import main
@@ -83,3 +87,43 @@ def test_reference_style_checkpoint_resumes(tmp_path, tiny_dsprites, capsys):
     assert main(run_args(tmp_path, tiny_dsprites, "--viz_name", "ref", "--max_iter", "7")) == 0
     assert "at iteration 5" in capsys.readouterr().out
     assert load_checkpoint(path)["iter"] == 7
+
+
+FREED_MEMORY_PROBE = """
+import ctypes, resource, sys
+import numpy as np
+sys.path.insert(0, {root!r})
+from utils import keep_freed_memory
+
+def faults():  # page faults of 20 blocks of 8 MiB, each freed at once, as a training step's activations
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        np.ones(1 << 21, np.float32)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD 1 MiB: each block mapped afresh
+mapped_afresh = faults()
+assert keep_freed_memory()
+faults()  # the first block is mapped once
+print(mapped_afresh, faults())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux only")
+def test_freed_step_memory_is_reused_not_mapped_again():
+    proc = subprocess.run([sys.executable, "-c", FREED_MEMORY_PROBE.format(root=str(ROOT))],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    mapped_afresh, kept = map(int, proc.stdout.split())
+    assert mapped_afresh > 2000  # the state keep_freed_memory prevents: thousands of faults
+    assert kept < 50
+
+
+def test_every_run_keeps_freed_memory(tmp_path, tiny_dsprites, monkeypatch):
+    import main as train_main
+
+    calls = []
+    monkeypatch.setattr(train_main, "keep_freed_memory", lambda: calls.append(1) or True)
+    argv = run_args(tmp_path, tiny_dsprites, "--max_iter", "1", "--viz_name", "mem")
+    assert main(argv) == 0
+    assert calls == [1]
