@@ -259,7 +259,9 @@ def time_layers(job: Job) -> dict:
     Each figure is the median of 4 rounds of `job.iters` calls, torch.nn's layer and ours alternating
     round by round, after a warm-up round."""
     import precision
+    from utils import keep_freed_memory
 
+    keep_freed_memory()  # as in training (main.build_solver)
     choice = precision.choose("auto", torch.device("cpu"))
     torch.manual_seed(job.seed)
     rows = []
