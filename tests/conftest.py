@@ -1,5 +1,6 @@
 """Shared fixtures: small datasets written to temporary folders, and the repository paths."""
 
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,12 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
 from dataset import DSPRITES_FILE  # noqa: E402
+
+# A shell starts background jobs (`pytest &`) with SIGINT ignored, and children inherit that, so the
+# tests that press Ctrl-C on a child (dSprites generation, the visdom server) would see it ignored.
+# Python's own handler is reset to the default in every child it starts.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def write_dsprites_npz(path: Path, n: int = 256, seed: int = 0) -> np.ndarray:
