@@ -73,6 +73,7 @@ import main as train_main
 from dataset import DATASETS, batches, ensure_dsprites
 from losses import Objective, kl_divergence, reconstruction_loss
 from model import build_model
+from utils import autocast, keep_freed_memory
 
 ROOT = Path(__file__).resolve().parent
 RESULT_TAG = "BENCH_RESULT "
@@ -244,7 +245,7 @@ def time_layer(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, dtype, cal
     forward_s = backward_s = 0.0
     for _ in range(calls):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with autocast(torch.device("cpu"), dtype):
             y = layer(x)
         middle = time.perf_counter()
         y.backward(grad.to(y.dtype))
@@ -259,7 +260,6 @@ def time_layers(job: Job) -> dict:
     Each figure is the median of 4 rounds of `job.iters` calls, torch.nn's layer and ours alternating
     round by round, after a warm-up round."""
     import precision
-    from utils import keep_freed_memory
 
     keep_freed_memory()  # as in training (main.build_solver)
     choice = precision.choose("auto", torch.device("cpu"))
