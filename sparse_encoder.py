@@ -182,6 +182,20 @@ def _conv3_inputs(rows, table, blank2, top2, left2, size2, top3, left3, out):
                     out[b, r, c, :] = blank2[h2_row + 1, h2_col + 1, :]
 
 
+@njit(cache=True, nogil=True)
+def _products_in_order(a, b):
+    """a (k, n) @ b (n, m), fp32, each sum taken in index order. A BLAS product may group a sum differently
+    for other shapes (or threads), which would make a row's result depend on the rows computed with it."""
+    k, n = a.shape
+    m = b.shape[1]
+    out = np.zeros((k, m), np.float32)
+    for i in range(k):
+        for t in range(n):
+            for j in range(m):
+                out[i, j] += a[i, t] * b[t, j]
+    return out
+
+
 def warm_up() -> None:
     """Compile the kernels now (a few seconds once after installing; numba caches them in __pycache__)."""
     pixels = np.zeros((1, 64, 64), np.uint8)
@@ -192,6 +206,7 @@ def warm_up() -> None:
     _h1_patterns(pixels, corner, corner, 1, first_row, patterns, patterns.copy())
     _conv3_inputs(patterns, np.zeros((16, 1), np.float32), np.zeros((18, 18, 1), np.float32), corner, corner, 1,
                   corner, corner, np.zeros((1, 4, 4, 1), np.float32))
+    _products_in_order(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32))
 
 
 # ----------------------------------------------------------------------------------------- the encoder
@@ -320,16 +335,24 @@ class SparseEncoder:
 
     def _tap_products(self, patterns: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
         """Pixel patterns (k,) -> (16·k, C2) fp32: row 16·i + 4a + b is W2[:, :, a, b] @ h1, h1 being conv1 + ReLU
-        on the pattern's 4×4 pixels (times scale), plus conv2's bias on tap 0. With dtype bf16 (autocast), h1
-        and W2 are rounded to it and the products summed in fp32, as a bf16 convolution does."""
-        bits = (patterns[:, None] >> torch.arange(16)) & 1  # (k, 16): pixel 4a+b
-        x = self._as_input(bits.view(-1, 1, 4, 4), scale)  # (k, 1, 4, 4)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            h1 = F.relu(F.conv2d(x, self.conv1.weight, self.conv1.bias)).flatten(1)  # (k, C1): conv1 there
-        with torch.autocast("cpu", enabled=False):
-            w2 = self.conv2.weight.to(dtype).float()  # (C2, C1, 4, 4)
-            products = torch.einsum("kc,ocij->kijo", h1.to(dtype).float(), w2).reshape(-1, w2.shape[0])
-            products[::16] += self.conv2.bias.to(dtype).float()  # tap 0 carries the bias
+        on the pattern's 4×4 pixels (times scale), plus conv2's bias on tap 0. With dtype bf16 (autocast), the
+        pixels, weights, biases and h1 are rounded to it and the products summed in fp32, as a bf16 convolution
+        does. Every sum runs in index order (_products_in_order), so a pattern's rows are the same whichever
+        patterns are computed with it: a code does not depend on which batch, or thread, met a pattern first."""
+
+        def rounded(t: torch.Tensor) -> torch.Tensor:  # to the arithmetic's dtype, held as fp32
+            return t.detach().to(dtype).float()
+
+        conv1, conv2 = self.conv1, self.conv2
+        bits = ((patterns[:, None] >> torch.arange(16)) & 1).float()  # (k, 16): pixel 4a+b
+        x = bits * rounded(torch.tensor(scale, dtype=torch.float32))  # the pixels as conv1 reads them
+        w1 = rounded(conv1.weight).reshape(conv1.out_channels, 16).T.contiguous()  # (16, C1)
+        h1 = _products_in_order(x.numpy(), w1.numpy()) + rounded(conv1.bias).numpy()  # (k, C1): conv1 there
+        h1 = rounded(torch.from_numpy(h1).relu_())
+        w2 = rounded(conv2.weight).permute(1, 2, 3, 0).reshape(conv2.in_channels, -1)  # (C1, 16·C2): tap-major
+        products = torch.from_numpy(_products_in_order(h1.numpy(), w2.contiguous().numpy()))  # (k, 16·C2)
+        products = products.reshape(-1, conv2.out_channels)  # (16·k, C2)
+        products[::16] += rounded(conv2.bias)  # tap 0 carries the bias
         return products
 
     def _blank_maps(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -134,6 +134,48 @@ def test_logvar_and_uint8_input_match_the_dense_encoder(model_class):
     assert torch.equal(sparse(x), sparse_mu)  # float and uint8 input: the same codes
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_patterns_table_rows_do_not_depend_on_the_patterns_computed_with_it(dtype):
+    """Batches encoded in parallel threads add the patterns they meet first, so which patterns are computed
+    together varies from run to run; each pattern's rows must not, or the codes would differ between runs."""
+    sparse = SparseEncoder(trained_like(BetaVAE_B))
+    patterns = torch.randint(0, 1 << 16, (600,), generator=torch.Generator().manual_seed(0))
+    together = sparse._tap_products(patterns, 1.0, dtype)  # (16·600, C2)
+    for start, stop in [(0, 1), (0, 7), (5, 105), (300, 600)]:
+        alone = sparse._tap_products(patterns[start:stop], 1.0, dtype)
+        assert torch.equal(alone, together[16 * start:16 * stop]), (start, stop)
+    reversed_rows = sparse._tap_products(patterns.flip(0), 1.0, dtype).view(600, 16, -1).flip(0)
+    assert torch.equal(reversed_rows.reshape(together.shape), together)
+
+
+def test_codes_do_not_depend_on_the_images_encoded_before():
+    """The pattern table grows with every batch; an image's code must be the same whichever batches, in
+    whichever order or thread, filled the table before it."""
+    model = trained_like(BetaVAE_B)
+    x = sprites(64, seed=11)
+    fresh = SparseEncoder(model)(x)  # every pattern of x computed in one go
+    seasoned = SparseEncoder(model)
+    seasoned(sprites(16, seed=12))
+    for image in x.split(1):  # x's patterns added a few at a time, after others
+        seasoned(image)
+    assert torch.equal(seasoned(x), fresh)
+
+
+def test_tap_products_are_conv2_of_conv1_on_the_pattern():
+    model = trained_like(BetaVAE_B)
+    sparse = SparseEncoder(model)
+    patterns = torch.tensor([0, 1, 0b1010_0101_1111_0000, (1 << 16) - 1])
+    bits = ((patterns[:, None] >> torch.arange(16)) & 1).float().view(-1, 1, 4, 4)
+    with torch.no_grad():
+        conv1 = model.encoder[0]
+        h1 = torch.relu(torch.nn.functional.conv2d(bits, conv1.weight, conv1.bias)).flatten(1).double()  # (4, C1)
+        w2 = model.encoder[2].weight.double()  # (C2, C1, 4, 4)
+        expected = torch.einsum("kc,ocij->kijo", h1, w2).reshape(-1, w2.shape[0])
+        expected[::16] += model.encoder[2].bias.double()
+    torch.testing.assert_close(sparse._tap_products(patterns, 1.0, torch.float32).double(), expected,
+                               rtol=0, atol=1e-5)
+
+
 def test_tables_follow_weights_changed_in_place():
     model = trained_like(BetaVAE_B)
     sparse = SparseEncoder(model)
