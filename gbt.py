@@ -1511,8 +1511,8 @@ def fit(x, y, *, n_estimators: int = 100, learning_rate: float = 0.1, max_depth:
 
 def warm_up() -> None:
     """Compile the kernels (first use after installing, about 20 s) or load them from the cache
-    (a fraction of a second) with a tiny fit and predict, two and three classes: callers run it in
-    a thread while other work goes on."""
+    (a fraction of a second) with a tiny fit and predict, two and three classes: the README's way to
+    pay the compile ahead of the first evaluation."""
     x = np.random.RandomState(0).randn(40, 3).astype(np.float32)
     for n_classes in (2, 3):
         y = np.arange(40) % n_classes
