@@ -119,7 +119,6 @@ class Method:
         pass
 
 
-
 class VAEMethod(Method):
     """A VAE trained by one Adam on recon + KL-based objective. Subclasses define `regularizer`.
 
