@@ -224,4 +224,3 @@ class InfoGAN(Method):
             codes[row, :, latent] = values
         images = self.generate(codes.reshape(-1, self.z_dim))  # (rows·steps, C, H, W)
         return images.reshape(len(order), TRAVERSE_STEPS, *image.shape).cpu()
-
