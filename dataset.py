@@ -231,7 +231,7 @@ def ensure_dsprites(path: Path) -> None:
     """Generate the dSprites file from its factor grid when it is not on disk."""
     if path.exists():
         return
-    import dsprites_gen  # imported lazily: only needed the first time
+    from loaders import dsprites_gen  # imported lazily: only needed the first time
 
     print(f"dSprites not found at {path}: generating it from the factor grid "
           "(a one-time step; the real file from https://github.com/deepmind/dsprites-dataset can replace it).")

@@ -2,7 +2,8 @@
 
     python main.py --dataset dsprites --objective B --model B --gamma 1000 --C_max 25 ...
 
-Read on in solver.py (the loop), model.py (the networks) and losses.py (the objectives).
+Read on in solver.py (the loop), methods/ (one file per method; methods/base.py is their interface and
+methods/losses.py the pure losses), model.py (the networks) and dataset.py (the data).
 """
 
 import argparse
@@ -11,9 +12,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from checkpoint import CheckpointError
 from dataset import CHANNELS, DATASETS, DISTRIBUTIONS, BatchOrder, DataError, dataset_spec, load_dataset
-from loggers import build_logger
 from methods import (
     METHODS,
     OPTIMIZER_DEFAULTS,
@@ -26,11 +25,15 @@ from methods import (
     resolve_defaults,
 )
 from model import MODELS
-from precision import CHOICES as PRECISIONS
-from precision import announce, choose
-from resume import checkpoint_path, resume
-from runlock import RunLock, RunLocked
-from solver import Checkpointer, Interrupted, NonFiniteLoss, OutputWriter, Schedule, Solver
+from monitoring.loggers import build_logger
+from monitoring.pictures import OutputWriter
+from solver import Interrupted, NonFiniteLoss, Schedule, Solver
+from speed.precision import CHOICES as PRECISIONS
+from speed.precision import announce, choose
+from storage.checkpoint import CheckpointError
+from storage.checkpointer import Checkpointer
+from storage.resume import checkpoint_path, resume
+from storage.runlock import RunLock, RunLocked
 from utils import (
     check_writable,
     iter_count,
@@ -249,7 +252,7 @@ def make_evaluator(data, device, run_dir: Path, args: argparse.Namespace, spec, 
 
 
     def evaluator(method, step: int) -> dict:
-        from evaluate import evaluate  # scikit-learn is only imported when scores are asked for
+        from evaluation.evaluate import evaluate  # scikit-learn is only imported when scores are asked for
 
         path = checkpoint_path(args)
         provenance = {

@@ -1,7 +1,7 @@
 """The VAE architectures: Higgins et al. 2017 (H), Burgess et al. 2018 (B) and disentanglement_lib's (DLIB).
 
-Both take 64×64 images with `nc` channels and return decoder *logits*: the
-reconstruction loss (losses.py) applies the sigmoid itself, which is both
+All three take 64×64 images with `nc` channels and return decoder *logits*: the
+reconstruction loss (methods/losses.py) applies the sigmoid itself, which is both
 numerically safer and what the published loss values assume.
 
 The Sequential layouts (and so the state_dict keys `encoder.<i>.weight`,
@@ -14,7 +14,7 @@ of disentanglement_lib's study (Locatello et al. 2019), which the methods compar
 import torch
 from torch import nn
 
-from fast_conv import ConvTranspose2d
+from speed.fast_conv import ConvTranspose2d
 
 
 class View(nn.Module):

@@ -10,17 +10,16 @@ import signal
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, save_checkpoint
 from dataset import BatchOrder, batches
-from loggers import Logger
 from methods import Method
-from utils import remove_stale_temps
-from visualize import make_grid, save_labelled_png, save_png, save_traversal_gif, traversal_grid
+from monitoring.pictures import OutputWriter
+from monitoring.records import Logger
+from storage.checkpoint import CheckpointError
+from storage.checkpointer import Checkpointer
 
 
 class NonFiniteLoss(Exception):
@@ -87,110 +86,6 @@ class RunningStats:
             raise ValueError(f"gathered sums of shape {tuple(state['sums'].shape)}, expected {tuple(self.sums.shape)}")
         self.sums.copy_(state["sums"])
         self.count = int(state["count"])
-
-
-class Checkpointer:
-    """Saves `last` every save_step and numbered snapshots, never losing the previous file.
-
-    Every file is written atomically (utils.atomic_write), so a kill at any moment leaves the old
-    or the new checkpoint, never part of one. The temporary file of a write cut short by SIGKILL
-    is removed by the next run's first save.
-    """
-
-    def __init__(self, folder: Path, name: str, config: dict):
-        self.folder, self.name, self.config = Path(folder), name, config
-        self.saved_step: int | None = None  # the iteration `last` holds, once this run has written it
-        self.resumed_step: int | None = None  # the iteration of the checkpoint this run resumed from, if any
-        self.error: OSError | None = None  # why the latest write failed
-        self._swept = False
-
-    @property
-    def path(self) -> Path:
-        return self.folder / self.name
-
-    def save(self, step: int, method: Method, extra: dict, snapshot: bool = False) -> bool:
-        """Write `last` (and `<step>` when snapshot); return whether `last` was written.
-
-        A failed write (full disk, lost mount) warns and leaves the file as it was; training goes on.
-        """
-        if not self._swept:
-            remove_stale_temps(self.folder)
-            self._swept = True
-        written = self._write(self.path, step, method, extra)
-        if written:
-            self.saved_step = step
-        if snapshot:
-            self._write(self.folder / str(step), step, method, extra)
-        return written
-
-    def _write(self, target: Path, step: int, method: Method, extra: dict) -> bool:
-        try:
-            save_checkpoint(target, step, method, self.config, extra)
-        except OSError as err:
-            self.error = err
-            tqdm.write(f"WARNING: could not write checkpoint {target} at iteration {step} ({err}). "
-                       f"{self.describe(target)} Training goes on; the next save tries again.")
-            return False
-        return True
-
-    def describe(self, target: Path | None = None) -> str:
-        """What a failed write left on disk, in words."""
-        target = target or self.path
-        if target == self.path and self.saved_step is not None:
-            return f"{target} is intact and still holds iteration {self.saved_step}."
-        if target == self.path and self.resumed_step is not None:
-            return f"{target} is intact and still holds iteration {self.resumed_step}."
-        if target.exists():
-            return f"The checkpoint already at {target} is intact."
-        return f"No checkpoint was written to {target}."
-
-
-class OutputWriter:
-    """Writes reconstruction grids and traversals under `pictures_dir`/<iter>/.
-
-    Traversals show the `top_latents` most informative latents (by KL; all when 0), so a model with
-    hundreds of latents still gets pictures of a readable size.
-    """
-
-    def __init__(self, pictures_dir: Path, data, traverse_indices: dict, device: torch.device, seed: int,
-                 save_files: bool = True, top_latents: int = 10):
-        self.pictures_dir, self.data, self.device, self.seed = Path(pictures_dir), data, device, seed
-        self.save_files = save_files  # --save_output False: pictures go to the loggers only
-        self.top_latents = top_latents
-        # Indices beyond a small dataset (tests, subsets) are skipped rather than crash.
-        self.traverse_indices = {k: i for k, i in traverse_indices.items() if i < len(data)}
-
-    def image(self, index: int) -> torch.Tensor:
-        """One dataset image as float (C, 64, 64) on the device."""
-        return self.data.get(torch.tensor([index])).to(self.device).float()[0] * self.data.scale
-
-    def latents(self, z_dim: int, kld: list[float] | None) -> list[int]:
-        """The latents to traverse: by decreasing KL when known, at most top_latents of them."""
-        order = kl_order(kld) if kld else list(range(z_dim))
-        return order[: self.top_latents] if self.top_latents else order
-
-    def write(self, step: int, method: Method, x: torch.Tensor, kld: list[float] | None, logger: Logger) -> Path:
-        """Reconstructions and one traversal per image; rows sorted by KL and labelled with it."""
-        order = self.latents(method.z_dim, kld)
-        labels = [f"z{i} KL {kld[i]:.2f}" if kld else f"z{i}" for i in order]
-        folder = self.pictures_dir / str(step)
-        reconstruction = method.reconstruct(x[:8])
-        if reconstruction is not None:
-            grid = make_grid(torch.cat([x[:8], reconstruction]).float().cpu(), nrow=len(reconstruction))
-            logger.images(step, "reconstruction", grid)
-            if self.save_files:
-                save_png(grid, folder / "reconstruction.png")
-        # The random image is drawn from its own generator so pictures never shift the training RNG.
-        pick = torch.Generator().manual_seed(self.seed * 7919 + step)
-        keys = dict(self.traverse_indices, random_img=int(torch.randint(len(self.data), (1,), generator=pick)))
-        for key, index in keys.items():
-            rows = method.traverse(self.image(index), order)  # (latents, steps, C, H, W)
-            grid = traversal_grid(rows)
-            logger.images(step, f"traverse_{key}", grid)
-            if self.save_files:
-                save_labelled_png(grid, labels, folder / f"traverse_{key}.png")
-                save_traversal_gif(rows, folder / f"traverse_{key}.gif")
-        return folder
 
 
 @contextmanager
@@ -414,11 +309,6 @@ class Solver:
         if checkpoint.get("gather"):
             self.stats.load(checkpoint["gather"])
         self.last_record = checkpoint.get("last_record")
-
-
-def kl_order(kld: list[float]) -> list[int]:
-    """Latent indices by decreasing KL: the informative latents first in traversals."""
-    return sorted(range(len(kld)), key=lambda i: -kld[i])
 
 
 def format_status(record: dict) -> str:

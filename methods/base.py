@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from losses import kl_divergence, reconstruction_loss
+from methods.losses import kl_divergence, reconstruction_loss
 from utils import autocast
-from visualize import traverse as traverse_latents
+
+TRAVERSE_LIMIT = 3.0  # a traversal sweeps each latent over [-3, 3] ...
+TRAVERSE_STEPS = 10  # ... in 10 evenly spaced values
 
 
 @dataclass(frozen=True)
@@ -187,4 +189,21 @@ class VAEMethod(Method):
         return torch.sigmoid(self.vae.decode(mu)).reshape(x.shape)
 
     def traverse(self, image: torch.Tensor, order: list[int]) -> torch.Tensor:
-        return traverse_latents(self.vae, image, order)
+        return traverse_vae(self.vae, image, order)
+
+
+@torch.no_grad()
+def traverse_vae(vae: nn.Module, image: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """Decode each latent in `order` swept over [-limit, limit], the others at the image's posterior mean.
+
+    image (C, H, W) -> (rows, steps, C, H, W), one row per latent in `order` (the Solver passes
+    them sorted by KL, informative first). Images only: drawing them is the monitoring side's job.
+    """
+    mu, _ = vae.encode(image.unsqueeze(0))  # (1, z)
+    z_dim = mu.shape[1]
+    values = torch.linspace(-TRAVERSE_LIMIT, TRAVERSE_LIMIT, TRAVERSE_STEPS, device=mu.device)
+    z = mu.repeat(len(order), TRAVERSE_STEPS, 1)  # (rows, steps, z)
+    for row, latent in enumerate(order):
+        z[row, :, latent] = values
+    decoded = torch.sigmoid(vae.decode(z.reshape(-1, z_dim)))  # (rows·steps, C, H, W)
+    return decoded.reshape(len(order), TRAVERSE_STEPS, *image.shape).float().cpu()

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods.base import Compute, Method
-from visualize import TRAVERSE_LIMIT, TRAVERSE_STEPS
+from methods.base import TRAVERSE_LIMIT, TRAVERSE_STEPS, Compute, Method
 
 READ_CHUNK = 4096  # images read per call while collecting the fitting data
 
@@ -103,9 +102,6 @@ class LinearBaseline(Method):
 
     def parameters(self):
         yield from self.net.buffers()  # the fitted tensors: what the non-finite check inspects
-
-    def set_optimizer_hyperparameters(self, lr: float, betas: tuple[float, float]) -> None:
-        pass  # nothing here is trained by Adam
 
     def extra_state(self) -> dict:
         return {"fit_images": self.fit_images, "seed": self.seed} if self.fitted else {}

@@ -7,8 +7,8 @@ The objectives themselves are the pure functions of losses.py; this file only pl
 shared VAE step (methods/base.py). A plain VAE is H with β = 1.
 """
 
-from losses import Objective
 from methods.base import Compute, VAEMethod
+from methods.losses import Objective
 from model import build_model
 
 

@@ -10,8 +10,8 @@ out (they carry no gradient), so the recorded `tc` is the estimate up to the con
 and can be negative. β = 1 is a plain VAE.
 """
 
-from losses import total_correlation
 from methods.base import Compute, VAEMethod
+from methods.losses import total_correlation
 from model import build_model
 
 

@@ -10,8 +10,8 @@ Covariances are batch estimates divided by B (losses.dip_covariance). disentangl
 λ_d = 10·λ_od for DIP-VAE-I and λ_d = λ_od for DIP-VAE-II; --lambda_d defaults to exactly that.
 """
 
-from losses import dip_covariance, dip_terms
 from methods.base import Compute, VAEMethod
+from methods.losses import dip_covariance, dip_terms
 from model import build_model
 
 

@@ -24,8 +24,8 @@ one update of each; pass --max_iter 1.5e5 to match their number of updates.
 import torch
 from torch import nn
 
-from losses import discriminator_accuracy, factor_vae_discriminator_loss, factor_vae_tc, permute_dims
 from methods.base import Compute, VAEMethod
+from methods.losses import discriminator_accuracy, factor_vae_discriminator_loss, factor_vae_tc, permute_dims
 from model import build_model
 
 

@@ -52,7 +52,7 @@ def run_args(tmp_path: Path, dset_dir: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def full_dsprites(tmp_path_factory) -> Path:
     """A --dset_dir with the full generated dSprites file (737,280 images), made once per test session."""
-    import dsprites_gen
+    from loaders import dsprites_gen
 
     dset_dir = tmp_path_factory.mktemp("full") / "data"
     dsprites_gen.generate_dsprites(dset_dir / DSPRITES_FILE, progress=False)

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-import bench
+from benchmarks import training as bench
 
 
 def test_quick_bench_prints_the_table_and_the_ratio():

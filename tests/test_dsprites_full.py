@@ -29,7 +29,7 @@ def test_full_file_has_the_real_layout_and_says_it_was_generated(full_dsprites):
     the generator's mark in its metadata."""
     import zipfile
 
-    import dsprites_gen
+    from loaders import dsprites_gen
 
     expected = {"imgs": ((737_280, 64, 64), np.uint8), "latents_classes": ((737_280, 6), np.int64),
                 "latents_values": ((737_280, 6), np.float64), "metadata": ((), object)}
@@ -44,7 +44,7 @@ def test_full_file_has_the_real_layout_and_says_it_was_generated(full_dsprites):
 
 def test_missing_file_is_generated_and_trained_on(tmp_path, full_dsprites, capsys, monkeypatch):
     """A run on a dset_dir without the file says so, generates it, and trains with the fixed traversals."""
-    import dsprites_gen
+    from loaders import dsprites_gen
 
     # Generating the full file again would cost the suite 20 s; copy the session's instead.
     def generate(path, progress=True):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dsprites_gen as gen
+from loaders import dsprites_gen as gen
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared/data/dsprites_reference/gif_frames.npz"
 
@@ -180,7 +180,7 @@ SLOW_GENERATION = """
 import sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
-import dsprites_gen as gen
+from loaders import dsprites_gen as gen
 def slow(*combo):
     time.sleep(0.05)
     return np.zeros((1024, 64, 64), np.uint8)
@@ -192,7 +192,7 @@ gen.generate_dsprites(sys.argv[1], progress=False, _combos=[(0, 0, o) for o in r
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_generation_leaves_no_temporary_file(tmp_path, signum):
     target = tmp_path / "dsprites.npz"
-    script = SLOW_GENERATION.format(root=str(Path(gen.__file__).parent))
+    script = SLOW_GENERATION.format(root=str(Path(gen.__file__).parents[1]))
     process = subprocess.Popen([sys.executable, "-c", script, str(target)], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not list(tmp_path.glob(".*.tmp")) and time.monotonic() < deadline and process.poll() is None:

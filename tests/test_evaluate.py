@@ -13,11 +13,11 @@ from conftest import run_args
 from PIL import Image
 from torch import nn
 
-import dsprites_gen
-import evaluate as evaluation
-import metrics
 from dataset import DSPRITES_FILE, ImageFolder, load_dsprites
-from evaluate import CodeCache, IndexedFactors, evaluate
+from evaluation import evaluate as evaluation
+from evaluation import metrics
+from evaluation.evaluate import CodeCache, IndexedFactors, evaluate
+from loaders import dsprites_gen
 from main import main
 from model import BetaVAE_B, build_model
 

@@ -30,9 +30,9 @@ from PIL import Image
 
 import main as main_module
 import methods.betavae as betavae_module
-from checkpoint import CheckpointError, load_checkpoint
 from dataset import DSPRITES_FILE, ImageFolder
 from main import main
+from storage.checkpoint import CheckpointError, load_checkpoint
 
 N = 30  # iterations of the reference run: 256 images / batch 8 = 32 per epoch, so resumes cross epochs
 COMMON = ("--model", "B", "--objective", "B", "--C_stop_iter", "10", "--batch_size", "8", "--gather_step", "5",

@@ -18,7 +18,7 @@ from sklearn.ensemble import GradientBoostingClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import gbt  # noqa: E402
+from evaluation import gbt  # noqa: E402
 
 
 def _data(n, d, k, seed, decimals=None, labels=None):

@@ -10,7 +10,6 @@ from conftest import run_args
 from PIL import Image, ImageDraw
 
 import main as main_module
-from checkpoint import load_checkpoint
 from dataset import (
     DATASETS,
     DSPRITES_FILE,
@@ -23,6 +22,7 @@ from dataset import (
     load_image,
 )
 from main import main, parse_args
+from storage.checkpoint import load_checkpoint
 
 # The run's dataset comes from dataset.dataset_spec once main.build_solver asks for it.
 WIRED = "dataset_spec" in inspect.getsource(main_module.build_solver)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from losses import Objective, capacity, kl_divergence, reconstruction_loss
+from methods.losses import Objective, capacity, kl_divergence, reconstruction_loss
 
 
 def test_kl_is_zero_for_the_prior():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from losses import (
+from methods.losses import (
     covariance,
     dip_covariance,
     dip_penalty,

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import ROOT, assert_equal, run_args
 
-from checkpoint import load_checkpoint
 from main import main, parse_args
 from methods import METHODS, Compute, build_method, flag_errors, per_method_defaults
 from model import BetaVAE_DLIB
+from storage.checkpoint import load_checkpoint
 
 TRAINED = ["factorvae", "btcvae", "dipvae_i", "dipvae_ii", "infogan"]
 TWO_NETWORKS = ({"net", "discriminator"}, {"optim", "optim_discriminator"})

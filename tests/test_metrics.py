@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import metrics  # noqa: E402
+from evaluation import metrics  # noqa: E402
 
 
 class SyntheticGroundTruth:

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import loggers
-import plots
-import visualize
-from loggers import INSTALL_VISDOM, JsonlLogger, Logger, MultiLogger, build_logger, read_metrics
+from monitoring import loggers, plots
+from monitoring import pictures as visualize
+from monitoring.loggers import JsonlLogger, MultiLogger, build_logger
+from monitoring.records import INSTALL_VISDOM, Logger, read_metrics
 
 
 def rec(i: int) -> dict:
@@ -73,7 +73,7 @@ def test_full_disk_keeps_records_and_writes_them_later_in_order(tmp_path, monkey
     logger.scalars(rec(6))
     logger.close()
     assert iters(path) == [1, 2, 3, 4, 5, 6] and logger.unwritten() == 0
-    messages = warnings_of(caplog, "loggers")
+    messages = warnings_of(caplog, "monitoring.loggers")
     assert len(messages) == 2, messages  # one for the outage, one when it is over
     assert "No space left on device" in messages[0] and "kept in memory" in messages[0]
     assert "5 waiting records written" in messages[1]  # the four kept and the latest
@@ -90,7 +90,7 @@ def test_records_still_unwritten_at_close_are_counted(tmp_path, monkeypatch, cap
     logger.close()  # the final retry fails too
     assert logger.unwritten() == 2
     assert iters(path) == [1]
-    assert any("2 records could not be written" in m for m in warnings_of(caplog, "loggers"))
+    assert any("2 records could not be written" in m for m in warnings_of(caplog, "monitoring.loggers"))
 
 
 def write_lines(path: Path, records: list[dict], tail: str = "") -> None:
@@ -165,7 +165,7 @@ def test_a_failed_move_keeps_every_line_and_appends_on_a_new_line(tmp_path, monk
         m.setattr(os, "fsync", no_space)
         logger = JsonlLogger(path, resume_step=1)
     assert path.read_bytes() == before
-    assert any("stay in the log" in m for m in warnings_of(caplog, "loggers"))
+    assert any("stay in the log" in m for m in warnings_of(caplog, "monitoring.loggers"))
     logger.scalars(rec(3))
     logger.close()
     assert read_metrics(path) == ([rec(1), rec(2), rec(3)], 1)  # the cut line stands alone, unread
@@ -175,11 +175,11 @@ def test_a_failed_move_keeps_every_line_and_appends_on_a_new_line(tmp_path, monk
 
 
 def test_missing_visdom_names_the_command_that_installs_it(tmp_path, monkeypatch, caplog):
-    monkeypatch.setitem(__import__("sys").modules, "viz_visdom", None)  # import fails as when not installed
+    monkeypatch.setitem(__import__("sys").modules, "monitoring.visdom_sink", None)  # import fails as when not installed
     logger = build_logger(tmp_path / "run", viz_on=True, viz_name="run", save_curves=False)
     logger.scalars(rec(1))
     logger.close()
-    messages = warnings_of(caplog, "loggers")
+    messages = warnings_of(caplog, "monitoring.loggers")
     assert len(messages) == 1 and INSTALL_VISDOM in messages[0]
     assert INSTALL_VISDOM == ("PIP_CONSTRAINT=build-constraints.txt PIP_BUILD_CONSTRAINT=build-constraints.txt "
                               "pip install -r requirements-visdom.txt")
@@ -225,7 +225,7 @@ def test_a_failed_write_leaves_the_previous_file_whole(tmp_path, monkeypatch, ki
 visdom = pytest.importorskip("visdom", reason="visdom is not installed (see requirements-visdom.txt)")
 from test_visdom import Server, traces  # noqa: E402
 
-from viz_visdom import VisdomLogger  # noqa: E402
+from monitoring.visdom_sink import VisdomLogger  # noqa: E402
 
 
 class Silent:
@@ -297,9 +297,9 @@ def test_a_broken_server_never_slows_training_and_points_arrive_when_a_real_one_
     logger = VisdomLogger("fake", port=bad.port, timeout=1.0)
     assert time.perf_counter() - start < 0.05
     assert timed_training(logger) < 0.05  # milliseconds, whatever the server does
-    wait_for(lambda: warnings_of(caplog, "viz_visdom"))
+    wait_for(lambda: warnings_of(caplog, "monitoring.visdom_sink"))
     time.sleep(1.5)  # more failed attempts (the back-off's first pauses): still one warning
-    messages = warnings_of(caplog, "viz_visdom")
+    messages = warnings_of(caplog, "monitoring.visdom_sink")
     assert len(messages) == 1, messages
     reason = {"silent": "no answer within 1 s", "http 500": "HTTP 500",
               "visdom error body": "'win does not exist'"}[fake]
@@ -317,7 +317,7 @@ def test_a_broken_server_never_slows_training_and_points_arrive_when_a_real_one_
         assert server.client().win_exists("reconstruction", "fake_reconstruction")
     finally:
         server.stop()
-    assert len(warnings_of(caplog, "viz_visdom")) == 2  # and one when it was back
+    assert len(warnings_of(caplog, "monitoring.visdom_sink")) == 2  # and one when it was back
 
 
 def test_close_waits_a_bounded_time_and_says_what_was_not_sent(caplog):
@@ -333,7 +333,7 @@ def test_close_waits_a_bounded_time_and_says_what_was_not_sent(caplog):
         assert time.monotonic() - start < 2.0  # not the 30 s the request may hang
     finally:
         silent.stop()
-    closing = [m for m in warnings_of(caplog, "viz_visdom") if "were not sent" in m]
+    closing = [m for m in warnings_of(caplog, "monitoring.visdom_sink") if "were not sent" in m]
     assert len(closing) == 1 and closing[0].startswith("7 points and 0 pictures were not sent")
     assert "python replay.py outputs/hung/metrics.jsonl --viz_name hung" in closing[0]
 

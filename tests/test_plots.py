@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from plots import figures, read_metrics, save_curves
+from monitoring.plots import figures, read_metrics, save_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_non_finite_values_and_unreadable_lines_are_counted(tmp_path, caplog):
     assert len(save_curves(path, tmp_path / "out")) == 5
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         f"{path}: skipped 3 unreadable lines."]
-    result = subprocess.run([sys.executable, str(ROOT / "plots.py"), str(path), str(tmp_path / "cli")],
+    result = subprocess.run([sys.executable, "-m", "monitoring.plots", str(path), str(tmp_path / "cli")],
                             capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0 and "skipped 3 unreadable lines" in result.stderr
     assert len(result.stdout.split()) == 5

@@ -20,9 +20,9 @@ import pytest
 import torch
 from conftest import run_args, write_dsprites_npz
 
-import precision
 from dataset import DSPRITES_FILE
 from main import main
+from speed import precision
 
 ITERS = 120
 EMULATED_ITERS = 40  # bf16 variants on hardware that emulates bf16

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import run_args
 
-import precision
-from checkpoint import load_checkpoint
 from main import main
-from precision import CpuFacts, choose
+from speed import precision
+from speed.precision import CpuFacts, choose
+from storage.checkpoint import load_checkpoint
 
 NATIVE = CpuFacts(avx512_bf16=True, amx=True, onednn_cap="", aten_capability="avx512")
 CPU = torch.device("cpu")

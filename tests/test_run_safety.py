@@ -17,10 +17,10 @@ import pytest
 import torch
 from conftest import ROOT, run_args, write_dsprites_npz
 
-from checkpoint import load_checkpoint, validate
 from dataset import DSPRITES_FILE
 from main import main, parse_args
-from runlock import LOCK_NAME, RunLock, RunLocked
+from storage.checkpoint import load_checkpoint, restore, validate
+from storage.runlock import LOCK_NAME, RunLock, RunLocked
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 QUICK = ("--model", "B", "--objective", "B", "--batch_size", "8", "--save_output", "False", "--gather_step", "1")
@@ -73,7 +73,7 @@ def test_a_lock_left_by_a_killed_run_is_recovered(tmp_path, tiny_dsprites):
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import os, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
-from runlock import RunLock
+from storage.runlock import RunLock
 lock = RunLock({str(folder)!r}).__enter__()
 print("locked", flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
@@ -171,15 +171,17 @@ def test_only_regular_files_are_read_as_checkpoints(tmp_path, tiny_dsprites, cap
 
 
 def test_validation_accepts_what_the_run_itself_saved(tmp_path, trained):
-    import main as main_module
+    from methods import Compute, build_method
 
     args = parse_args(trained)
     checkpoint = load_checkpoint(tmp_path / "checkpoints" / "run" / "last")
-    from methods import Compute, build_method
-
     method = build_method(args, 1, "bernoulli", Compute(torch.device("cpu")))
-    validate(checkpoint, Path("last"), method)  # no error
-    assert main_module.main is main
+    validate(checkpoint, Path("last"), method)  # raises CheckpointError on any field it rejects
+    # and the validated file restores: every network equals what was saved
+    restore(checkpoint, Path("last"), method, with_optimizers=True)
+    for name, net in method.networks.items():
+        saved = checkpoint["model_states"][name]
+        assert all(torch.equal(value, saved[key]) for key, value in net.state_dict().items())
 
 
 # --------------------------------------------------------------------------- resume says what changed
@@ -251,14 +253,14 @@ def test_a_checkpoint_is_never_named_when_none_exists(tmp_path, tiny_dsprites, m
     def failing_save(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("solver.save_checkpoint", failing_save)
+    monkeypatch.setattr("storage.checkpointer.save_checkpoint", failing_save)
     assert main_module.main(argv) == 1
     err = capsys.readouterr().err
     assert "No checkpoint was written" in err and "it starts over" in err and "resumes" not in err
 
 
 def test_records_that_could_not_be_written_make_the_run_fail(tmp_path, tiny_dsprites, monkeypatch, capsys):
-    import loggers
+    from monitoring import loggers
 
     monkeypatch.setattr(loggers.JsonlLogger, "_write", lambda self: None)  # metrics.jsonl never takes a record
     argv = run_args(tmp_path, tiny_dsprites, *QUICK, "--viz_name", "lost", "--max_iter", "3")

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-import sparse_encoder
+from evaluation import sparse_encoder
+from evaluation.sparse_encoder import MAX_SPARSE_WIDTH, SparseEncoder, supports
 from model import BetaVAE_B, BetaVAE_H
-from sparse_encoder import MAX_SPARSE_WIDTH, SparseEncoder, supports
 
 
 def sprites(n: int, seed: int, max_side: int = 27) -> torch.Tensor:

@@ -18,9 +18,10 @@ ray = pytest.importorskip("ray")
 
 from conftest import ROOT, write_dsprites_npz  # noqa: E402
 
-import study_report  # noqa: E402
-import sweep  # noqa: E402
 from dataset import DSPRITES_FILE  # noqa: E402
+from studies import report as study_report  # noqa: E402
+from studies import runner as sweep  # noqa: E402
+from studies import spec  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 KILL_MARK = "kill_after_first_checkpoint"
@@ -218,12 +219,12 @@ ANNOUNCED = {"factorvae", "btcvae", "dipvae_i", "dipvae_ii", "infogan", "pca", "
 def test_shipped_study_expands_at_both_scales(path):
     """Every entry whose method main.py has expands into uniquely named trials; the others name a method
     that is on its way (so a typo in a shipped file fails here)."""
-    table = sweep.FlagTable()
-    entries = sweep.read_yaml(path)["methods"]
+    table = spec.FlagTable()
+    entries = spec.read_yaml(path)["methods"]
     known = [str(e.get("label", e["method"])).lower() for e in entries if table.method(e["method"])]
     assert {str(e["method"]).lower() for e in entries if not table.method(e["method"])} <= ANNOUNCED
     for scale in ("full", "cpu"):
-        study = sweep.load_study(path, scale, only=known)
+        study = spec.load_study(path, scale, only=known)
         assert len({t.name for t in study.trials}) == len(study.trials) > 0
         assert {t.label for t in study.trials if t.selected} == set(known)
         # Entries left out by --only are still planned, so the report lists them as not run.

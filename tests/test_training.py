@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import ROOT, run_args
 
-from checkpoint import describe_weights, load_checkpoint, model_from_checkpoint
 from main import main
+from storage.checkpoint import describe_weights, load_checkpoint
+from storage.resume import method_from_checkpoint
 
 
 def test_three_iterations_write_checkpoint_gifs_and_reconstructions(tmp_path, tiny_dsprites, capsys):
@@ -68,9 +69,11 @@ def test_train_false_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_dsprit
 def test_checkpoint_alone_rebuilds_its_model(tmp_path, tiny_dsprites):
     main(run_args(tmp_path, tiny_dsprites, "--viz_name", "rebuild", "--max_iter", "1", "--model", "B",
                   "--z_dim", "6"))
-    ckpt = load_checkpoint(tmp_path / "checkpoints" / "rebuild" / "last")
-    model = model_from_checkpoint(ckpt)
-    assert describe_weights(model.state_dict()) == {"model": "B", "z_dim": 6, "nc": 1}
+    path = tmp_path / "checkpoints" / "rebuild" / "last"
+    method = method_from_checkpoint(path)
+    assert describe_weights(method.vae.state_dict()) == {"model": "B", "z_dim": 6, "nc": 1}
+    saved = load_checkpoint(path)["model_states"]["net"]
+    assert all(torch.equal(value, saved[key]) for key, value in method.vae.state_dict().items())
 
 
 def test_reference_style_checkpoint_resumes(tmp_path, tiny_dsprites, capsys):

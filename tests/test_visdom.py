@@ -27,11 +27,12 @@ import torch
 
 visdom = pytest.importorskip("visdom", reason="visdom is not installed (pip install 'visdom==0.2.4' ...)")
 
-from viz_visdom import VisdomLogger, read_back  # noqa: E402
+from monitoring.visdom_sink import VisdomLogger, read_back  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 Z = 4
 LINE_WINDOWS = ["reconstruction_loss", "kl_divergence", "posterior_mean", "posterior_variance", "losses"]
+SINK = "monitoring.visdom_sink"  # the visdom sink's logger
 
 
 def load_server_helper():
@@ -114,12 +115,12 @@ def assert_all_points(client, viz: str, count: int) -> None:
 
 
 def outage_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "viz_visdom" and r.levelno >= logging.WARNING
+    return [r.getMessage() for r in caplog.records if r.name == SINK and r.levelno >= logging.WARNING
             and "the run goes on" in r.getMessage()]
 
 
 def back_messages(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "viz_visdom" and "answers again" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.name == SINK and "answers again" in r.getMessage()]
 
 
 # ------------------------------------------------------------------------------ windows
@@ -266,7 +267,7 @@ def test_values_that_are_not_numbers_are_gaps(server):
 
 
 def test_no_server_warns_once_and_keeps_going(caplog, recwarn):
-    caplog.set_level(logging.INFO, logger="viz_visdom")
+    caplog.set_level(logging.INFO, logger="monitoring.visdom_sink")
     started = time.monotonic()
     logger = VisdomLogger("offline", port=free_port(), metrics_path=Path("outputs/offline/metrics.jsonl"))
     drive(logger, 1, 15)
@@ -290,7 +291,7 @@ def test_outage_loses_no_point(server, tmp_path, caplog, server_state):
     kept: the server restarts from its saved envs. lost: it restarts empty, and the logger
     rebuilds its windows from the points it kept.
     """
-    caplog.set_level(logging.INFO, logger="viz_visdom")
+    caplog.set_level(logging.INFO, logger="monitoring.visdom_sink")
     logger = VisdomLogger("outage", port=server.port)
     drive(logger, 1, 5)
     assert logger.drain(10)

@@ -24,7 +24,7 @@ visdom = pytest.importorskip("visdom", reason="visdom is not installed (pip inst
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH (apt-get install -y chromium)")
 
-from viz_visdom import VisdomLogger  # noqa: E402
+from monitoring.visdom_sink import VisdomLogger  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_SCRIPT = ROOT / "scripts" / "visdom_server.py"

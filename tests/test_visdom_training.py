@@ -12,6 +12,8 @@ from test_visdom import LINE_WINDOWS, free_port, traces  # noqa: E402
 
 from main import main  # noqa: E402
 
+SINK = "monitoring.visdom_sink"  # the visdom sink's logger
+
 
 def live_args(tmp_path, dset_dir, port: int, name: str) -> list[str]:
     args = run_args(tmp_path, dset_dir, "--max_iter", "30", "--display_step", "10", "--gather_step", "2",
@@ -44,7 +46,7 @@ def test_thirty_iterations_fill_every_window(tmp_path, tiny_dsprites, server):
 def test_no_server_warns_once_and_loses_nothing(tmp_path, tiny_dsprites, caplog):
     with caplog.at_level(logging.WARNING):
         assert main(live_args(tmp_path, tiny_dsprites, free_port(), "offline")) == 0
-    warnings = [r.getMessage() for r in caplog.records if r.name == "viz_visdom" and r.levelno >= logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.name == SINK and r.levelno >= logging.WARNING]
     # One for the outage, and one at the end saying what was not sent and how to send it later.
     assert len(warnings) == 2 and "visdom_server.sh" in warnings[0], warnings
     metrics = tmp_path / "outputs" / "offline" / "metrics.jsonl"

@@ -24,7 +24,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
-from loggers import LATENT_KEYS, TOP_LATENTS, number, other_scalars, pick_latents, read_metrics
+from monitoring.records import LATENT_KEYS, TOP_LATENTS, number, other_scalars, pick_latents, read_metrics
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from model import MODELS, BetaVAE, build_model
 from utils import atomic_write
 
 # The config entries that must agree between a checkpoint and the flags to resume it, as the user knows them.
@@ -303,13 +302,3 @@ def check_compatible(checkpoint: dict, config: dict, path: Path) -> None:
             f"{path} does not match this run ({'; '.join(differences)}). "
             "To continue that run, use the flags it was trained with. " + START_FRESH
         )
-
-
-def model_from_checkpoint(checkpoint: dict) -> BetaVAE:
-    """Rebuild a β-VAE (H or B) network from a checkpoint alone; see main.method_from_checkpoint for any method."""
-    facts = describe_weights(checkpoint["model_states"]["net"])
-    if facts["model"] not in MODELS:
-        raise CheckpointError(f"unknown model {facts['model']!r} in checkpoint")
-    model = build_model(facts["model"], facts["z_dim"], facts["nc"])
-    model.load_state_dict(checkpoint["model_states"]["net"])
-    return model

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import requests
 
-from loggers import (
+from monitoring.records import (
     INSTALL_VISDOM,
     LATENT_KEYS,
     ROOT,

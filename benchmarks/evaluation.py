@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from dataset import DATASETS, load_dataset
-from evaluate import map_batches
+from evaluation.evaluate import map_batches
+from evaluation.sparse_encoder import SparseEncoder
 from model import MODELS, build_model
-from sparse_encoder import SparseEncoder
 
 
 def cpu_model() -> str:
@@ -43,7 +43,7 @@ def cpu_model() -> str:
 
 def native_bf16() -> tuple[bool, str]:
     """Whether bf16 runs natively here, and why (the rule --precision auto follows)."""
-    import precision
+    from speed import precision
     return precision.cpu_native_bf16(precision.cpu_facts())
 
 
@@ -77,7 +77,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     model = build_model(args.model, 10, 1)
     if args.checkpoint:
-        from checkpoint import load_checkpoint
+        from storage.checkpoint import load_checkpoint
         model.load_state_dict(load_checkpoint(Path(args.checkpoint))["model_states"]["net"])
     model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
     sparse = SparseEncoder(model)

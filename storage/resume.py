@@ -12,13 +12,14 @@ Flags fall into three kinds when a run is resumed:
 The saved config only ever holds the values in effect.
 """
 
+import argparse
 import os
 from pathlib import Path
 
 import torch
 
-from checkpoint import START_FRESH, CheckpointError, check_compatible, load_checkpoint, restore, validate_config
-from methods import METHODS
+from methods import METHODS, Compute, Method, build_method
+from storage.checkpoint import START_FRESH, CheckpointError, check_compatible, load_checkpoint, restore, validate_config
 
 FREE_FLAGS = {
     "max_iter", "gather_step", "display_step", "save_step", "snapshot_step", "eval_step", "eval_metrics",
@@ -121,3 +122,21 @@ def _apply_changes(args, config: dict, saved: dict, changed: list, step: int) ->
         torch.manual_seed(args.seed)
     config["changes"] = list(saved.get("changes", [])) + [
         {"iter": step, "flag": f, "from": old, "to": new} for f, old, new in changed]
+
+
+def method_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Method:
+    """Rebuild any method from its checkpoint file alone: the config it carries names the method, the
+    architecture and every hyperparameter; the weights are loaded (not the optimisers or RNG states).
+
+    For notebooks and tools: `method_from_checkpoint("pretrained/dsprites_B/last").encoder.encode(x)`.
+    """
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    config = checkpoint.get("config")
+    if not isinstance(config, dict) or "objective" not in config:
+        raise CheckpointError(f"{path} carries no run config (a reference checkpoint?): rebuild it with main.py's "
+                              "flags and --train False instead.")
+    args = argparse.Namespace(**config)
+    method = build_method(args, config["nc"], config["decoder_distribution"], Compute(torch.device(device)))
+    restore(checkpoint, path, method, with_optimizers=False)
+    return method

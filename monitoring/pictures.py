@@ -7,17 +7,21 @@ memory and written atomically (utils.atomic_write): a kill leaves the old file
 or the new one, never a cut or empty one.
 """
 
+from __future__ import annotations
+
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from monitoring.records import Logger
 from utils import atomic_write
 
-TRAVERSE_LIMIT = 3.0  # each latent is swept over [-3, 3] ...
-TRAVERSE_STEPS = 10  # ... in 10 evenly spaced values
+if TYPE_CHECKING:
+    from methods import Method
 
 
 def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
@@ -59,34 +63,6 @@ def save_gif(frames: list[torch.Tensor], path: Path, ms_per_frame: int = 200) ->
     return _write_image(images[0], path, save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
 
 
-@torch.no_grad()
-def reconstruction_grid(model, x: torch.Tensor, n: int = 8) -> torch.Tensor:
-    """Originals over their reconstructions from the posterior mean: (C, H', W')."""
-    x = x[:n]
-    mu, _ = model.encode(x)
-    recon = torch.sigmoid(model.decode(mu)).reshape(x.shape)
-    return make_grid(torch.cat([x, recon]).float().cpu(), nrow=x.shape[0])
-
-
-@torch.no_grad()
-def traverse(model, image: torch.Tensor, order: list[int] | None = None) -> torch.Tensor:
-    """Decode each latent swept over [-limit, limit] with the others at the image's mean.
-
-    image (C, H, W) -> (rows, steps, C, H, W), one row per latent in `order`
-    (default: 0..z_dim-1; pass latents sorted by KL to put the informative ones first, or
-    a subset such as the top-k by KL: the other latents stay at the image's mean).
-    """
-    mu, _ = model.encode(image.unsqueeze(0))  # (1, z)
-    z_dim = mu.shape[1]
-    order = list(range(z_dim)) if order is None else order
-    values = torch.linspace(-TRAVERSE_LIMIT, TRAVERSE_LIMIT, TRAVERSE_STEPS, device=mu.device)
-    z = mu.repeat(len(order), TRAVERSE_STEPS, 1)  # (rows, steps, z)
-    for row, latent in enumerate(order):
-        z[row, :, latent] = values
-    decoded = torch.sigmoid(model.decode(z.reshape(-1, z_dim)))  # (rows·steps, C, H, W)
-    return decoded.reshape(len(order), TRAVERSE_STEPS, *image.shape).float().cpu()
-
-
 def traversal_grid(rows: torch.Tensor) -> torch.Tensor:
     """rows (latents, steps, C, H, W) -> one grid (C, H', W'): a row per latent, a column per value."""
     return make_grid(rows.reshape(-1, *rows.shape[2:]), nrow=rows.shape[1])
@@ -110,3 +86,56 @@ def save_labelled_png(grid: torch.Tensor, labels: list[str], path: Path, margin:
 def save_traversal_gif(rows: torch.Tensor, path: Path) -> Path:
     """A GIF with a frame per value; each frame shows every latent side by side at that value."""
     return save_gif([make_grid(rows[:, s], nrow=rows.shape[0]) for s in range(rows.shape[1])], path)
+
+
+class OutputWriter:
+    """Writes reconstruction grids and traversals under `pictures_dir`/<iter>/.
+
+    Traversals show the `top_latents` most informative latents (by KL; all when 0), so a model with
+    hundreds of latents still gets pictures of a readable size.
+    """
+
+    def __init__(self, pictures_dir: Path, data, traverse_indices: dict, device: torch.device, seed: int,
+                 save_files: bool = True, top_latents: int = 10):
+        self.pictures_dir, self.data, self.device, self.seed = Path(pictures_dir), data, device, seed
+        self.save_files = save_files  # --save_output False: pictures go to the loggers only
+        self.top_latents = top_latents
+        # Indices beyond a small dataset (tests, subsets) are skipped rather than crash.
+        self.traverse_indices = {k: i for k, i in traverse_indices.items() if i < len(data)}
+
+    def image(self, index: int) -> torch.Tensor:
+        """One dataset image as float (C, 64, 64) on the device."""
+        return self.data.get(torch.tensor([index])).to(self.device).float()[0] * self.data.scale
+
+    def latents(self, z_dim: int, kld: list[float] | None) -> list[int]:
+        """The latents to traverse: by decreasing KL when known, at most top_latents of them."""
+        order = kl_order(kld) if kld else list(range(z_dim))
+        return order[: self.top_latents] if self.top_latents else order
+
+    def write(self, step: int, method: Method, x: torch.Tensor, kld: list[float] | None, logger: Logger) -> Path:
+        """Reconstructions and one traversal per image; rows sorted by KL and labelled with it."""
+        order = self.latents(method.z_dim, kld)
+        labels = [f"z{i} KL {kld[i]:.2f}" if kld else f"z{i}" for i in order]
+        folder = self.pictures_dir / str(step)
+        reconstruction = method.reconstruct(x[:8])
+        if reconstruction is not None:
+            grid = make_grid(torch.cat([x[:8], reconstruction]).float().cpu(), nrow=len(reconstruction))
+            logger.images(step, "reconstruction", grid)
+            if self.save_files:
+                save_png(grid, folder / "reconstruction.png")
+        # The random image is drawn from its own generator so pictures never shift the training RNG.
+        pick = torch.Generator().manual_seed(self.seed * 7919 + step)
+        keys = dict(self.traverse_indices, random_img=int(torch.randint(len(self.data), (1,), generator=pick)))
+        for key, index in keys.items():
+            rows = method.traverse(self.image(index), order)  # (latents, steps, C, H, W)
+            grid = traversal_grid(rows)
+            logger.images(step, f"traverse_{key}", grid)
+            if self.save_files:
+                save_labelled_png(grid, labels, folder / f"traverse_{key}.png")
+                save_traversal_gif(rows, folder / f"traverse_{key}.gif")
+        return folder
+
+
+def kl_order(kld: list[float]) -> list[int]:
+    """Latent indices by decreasing KL: the informative latents first in traversals."""
+    return sorted(range(len(kld)), key=lambda i: -kld[i])

@@ -34,13 +34,12 @@ import numpy as np
 from joblib import Parallel, delayed
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import mutual_info_score
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-import gbt
+from evaluation import discrete, gbt
 
 
 class GroundTruth(Protocol):
@@ -89,12 +88,6 @@ def _codes_for(gt: GroundTruth, represent: Represent, factors: np.ndarray) -> np
         images = gt.images_for_factors(factors[start:start + REPRESENT_BATCH])
         chunks.append(np.asarray(represent(images), dtype=np.float64))
     return np.concatenate(chunks, axis=0)
-
-
-def _observations(gt, represent, rng, num_points):
-    """Sample ``num_points`` observations: codes (n, z) and their factors (n, F)."""
-    factors = gt.sample_factors(num_points, rng)
-    return _codes_for(gt, represent, factors), factors
 
 
 def _blocks(num_points: int):
@@ -268,26 +261,10 @@ def _factor_vae_score(gt, represent, draws, batch_size, bar=None) -> dict:
 # MIG
 
 
-def _histogram_discretize(codes: np.ndarray, num_bins: int) -> np.ndarray:
-    """Codes (n, z) -> bin indices (n, z) in 1..num_bins, equal-width bins per
-    dimension between its min and max (disentanglement_lib's histogram_discretizer)."""
-    out = np.empty(codes.shape, dtype=np.int64)
-    for j in range(codes.shape[1]):
-        edges = np.histogram_bin_edges(codes[:, j], bins=num_bins)
-        out[:, j] = np.digitize(codes[:, j], edges[:-1])
-    return out
-
-
-def _mutual_info_matrix(discrete_codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """Mutual information in nats between every code (n, z) and factor (n, F) -> (z, F)."""
-    return np.array([[mutual_info_score(factors[:, f], discrete_codes[:, c])
-                      for f in range(factors.shape[1])]
-                     for c in range(discrete_codes.shape[1])])
-
-
-def _factor_entropies(factors: np.ndarray) -> np.ndarray:
-    """Empirical entropy in nats of each factor (n, F) -> (F,)."""
-    return np.array([mutual_info_score(f, f) for f in factors.T])
+# The shared discrete helpers (discrete.py), under the names this module has always used.
+_histogram_discretize = discrete.histogram_discretize
+_mutual_info_matrix = discrete.mutual_info_matrix
+_factor_entropies = discrete.entropies
 
 
 def mig(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
