@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run name: visdom environments, output and checkpoint folders")
     viz.add_argument("--viz_port", default=8097, type=port_number, help="visdom server port (1-65535)")
     viz.add_argument("--viz_server", default="http://localhost", type=str, help="visdom server address")
+    viz.add_argument("--tensorboard", default=False, type=str2bool,
+                     help="also write the records, pictures and scores as TensorBoard events under "
+                          "<output_dir>/<viz_name>/tensorboard (view: tensorboard --logdir <output_dir>)")
     viz.add_argument("--save_output", default=True, type=str2bool, help="write pictures to output_dir")
     viz.add_argument("--output_dir", default="outputs", type=str, help="folder for logs, pictures and scores")
     viz.add_argument("--gather_step", default=1000, type=positive(iter_count), help="iterations per logged point")
@@ -170,13 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = p.add_argument_group("evaluation")
     evaluation.add_argument("--eval_metrics", default=False, type=str2bool,
-                            help="score the model (BetaVAE, FactorVAE, MIG, DCI, SAP and a latent report): "
+                            help="score the model (BetaVAE, FactorVAE, MIG, DCI, SAP, IRS, modularity and "
+                                 "explicitness, the unsupervised scores, and a latent report): "
                                  "after training, or from the checkpoint with --train False")
     evaluation.add_argument("--eval_step", default=0, type=non_negative(iter_count),
                             help="also evaluate every N iterations during training (0: never)")
     evaluation.add_argument("--eval_scale", default=1.0, type=positive(float),
                             help="fraction of the published protocol's sample counts (only 1.0 gives scores "
                                  "comparable with papers)")
+    evaluation.add_argument("--eval_seed", default=0, type=int,
+                            help="the evaluation protocol's seed: every score's random draws, the latent report's "
+                                 "and UDR's images. Independent of --seed (which seeds training), so models "
+                                 "trained with different seeds are scored on the same draws; 0, as "
+                                 "disentanglement_lib scores, gives its numbers for the same representation")
     evaluation.add_argument("--dci_estimator", default="gbt", choices=DCI_ESTIMATORS,
                             help="DCI's per-factor classifier. gbt: disentanglement_lib's gradient-boosted "
                                  "trees, re-implemented exactly and fast (gbt.py); sklearn: scikit-learn's own "
@@ -209,8 +218,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Checks across or beyond the argparse types; all run before any data is read.
     if args.image_size != MODEL_IMAGE_SIZE:
         parser.error(f"--image_size {args.image_size}: every model here takes 64×64 images; use 64")
-    if not 0 <= args.seed < 2**32:
-        parser.error(f"argument --seed: must be between 0 and 2**32 - 1 (what NumPy accepts), got {args.seed}")
+    for flag in ("seed", "eval_seed"):
+        if not 0 <= getattr(args, flag) < 2**32:
+            parser.error(f"argument --{flag}: must be between 0 and 2**32 - 1 (what NumPy accepts), "
+                         f"got {getattr(args, flag)}")
     resolve_defaults(args)
     for message in flag_errors(args):
         parser.error(message)
@@ -262,7 +273,7 @@ def make_evaluator(data, device, run_dir: Path, args: argparse.Namespace, spec, 
             "dataset": {"name": args.dataset, "path": str(spec.path(args.dset_dir)), "subset": args.subset},
             "config": config,
         }
-        return evaluate(method.encoder, data, device, step, run_dir, seed=args.seed, scale=args.eval_scale,
+        return evaluate(method.encoder, data, device, step, run_dir, seed=args.eval_seed, scale=args.eval_scale,
                         autocast_dtype=precision.dtype, dci_estimator=args.dci_estimator, provenance=provenance)
 
     return evaluator
@@ -287,7 +298,7 @@ def build_solver(args: argparse.Namespace) -> Solver:
     # --train False only appends (it may run beside training).
     logger = build_logger(run_dir, args.viz_on, args.viz_name, args.viz_server, args.viz_port,
                           save_curves=args.save_output, resume_step=start_step if args.train else None,
-                          top_latents=args.top_latents)
+                          top_latents=args.top_latents, tensorboard=args.tensorboard)
     # --train False draws into its own folder, so it never replaces the training run's pictures.
     pictures_dir = run_dir if args.train else run_dir / "from_checkpoint"
     solver = Solver(

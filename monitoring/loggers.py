@@ -204,8 +204,9 @@ class CurvesLogger(Logger):
 def build_logger(run_dir: str | os.PathLike, viz_on: bool = False, viz_name: str = "main",
                  server: str = "http://localhost", port: int = 8097, *,
                  save_curves: bool = True, resume_step: int | None = None,
-                 top_latents: int = TOP_LATENTS) -> Logger:
-    """The JSONL log always; PNG curves at the end unless turned off; visdom when asked for and installed.
+                 top_latents: int = TOP_LATENTS, tensorboard: bool = False) -> Logger:
+    """The JSONL log always; PNG curves at the end unless turned off; visdom and TensorBoard when asked for
+    and installed.
 
     resume_step: the iteration of the checkpoint a training run resumes from (0 for a fresh
     start; None when not training): records after it are moved out of metrics.jsonl. No method
@@ -228,4 +229,10 @@ def build_logger(run_dir: str | os.PathLike, viz_on: bool = False, viz_name: str
             history, _ = read_metrics(metrics_path)
             loggers.append(VisdomLogger(viz_name, server=server, port=port, history=history,
                                         top_latents=top_latents, metrics_path=metrics_path))
+    if tensorboard:
+        from monitoring.tensorboard_sink import tensorboard_logger
+
+        sink = tensorboard_logger(run_dir, resume_step)
+        if sink is not None:
+            loggers.append(sink)
     return MultiLogger(*loggers)

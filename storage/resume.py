@@ -23,7 +23,8 @@ from storage.checkpoint import START_FRESH, CheckpointError, check_compatible, l
 
 FREE_FLAGS = {
     "max_iter", "gather_step", "display_step", "save_step", "snapshot_step", "eval_step", "eval_metrics",
-    "eval_scale", "dci_estimator", "viz_on", "viz_name", "viz_port", "viz_server", "save_output", "output_dir",
+    "eval_scale", "eval_seed", "dci_estimator", "viz_on", "tensorboard", "viz_name", "viz_port", "viz_server",
+    "save_output", "output_dir",
     "ckpt_dir", "ckpt_name", "dset_dir", "num_workers", "cuda", "train", "precision", "channels_last", "compile",
     "top_latents", "resume_with_changes",
 }
