@@ -7,7 +7,9 @@ methods/losses.py the pure losses), model.py (the networks) and dataset.py (the 
 """
 
 import argparse
+import json
 import math
+import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,6 +22,7 @@ from methods import (
     adam_beta,
     build_method,
     flag_errors,
+    ignored_flags,
     method_name,
     per_method_defaults,
     resolve_defaults,
@@ -27,7 +30,8 @@ from methods import (
 from model import MODELS
 from monitoring.loggers import build_logger
 from monitoring.pictures import OutputWriter
-from solver import Interrupted, NonFiniteLoss, Schedule, Solver
+from sizes import SizeError, available_memory, check_sizes, is_out_of_memory, memory_advice
+from solver import Interrupted, NonFiniteLoss, Schedule, Solver, stop_raises
 from speed.precision import CHOICES as PRECISIONS
 from speed.precision import announce, choose
 from storage.checkpoint import CheckpointError
@@ -47,6 +51,7 @@ from utils import (
 )
 
 MODEL_IMAGE_SIZE = 64  # every architecture is built for 64×64 inputs
+NAME_BYTES = 200  # a file name may have 255 bytes; temporary files (.<name>.<random>.tmp) add to it
 
 
 # metrics.DCI_ESTIMATORS, spelled out so that parsing flags does not import scikit-learn (a test keeps them equal).
@@ -210,6 +215,9 @@ def _check_name(parser, flag: str, value: str) -> None:
     if value in ("", ".", "..") or "/" in value or "\\" in value or value.startswith("~") or ".." in value.split("."):
         parser.error(f"argument --{flag}: must be a plain name without path separators or '..', got {value!r}; "
                      "put folders in --ckpt_dir or --output_dir instead")
+    if len(value.encode()) > NAME_BYTES:
+        parser.error(f"argument --{flag}: at most {NAME_BYTES} bytes (it names files and folders), got "
+                     f"{len(value.encode())}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -222,6 +230,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not 0 <= getattr(args, flag) < 2**32:
             parser.error(f"argument --{flag}: must be between 0 and 2**32 - 1 (what NumPy accepts), "
                          f"got {getattr(args, flag)}")
+    for message in ignored_flags(args, {action.dest: action.default for action in parser._actions}):
+        print(f"warning: {message}", file=sys.stderr)
     resolve_defaults(args)
     for message in flag_errors(args):
         parser.error(message)
@@ -258,7 +268,8 @@ def run_config(args: argparse.Namespace, spec, precision, data) -> dict:
 def make_evaluator(data, device, run_dir: Path, args: argparse.Namespace, spec, precision, config: dict):
     """evaluator(method, step) -> the evaluation result; writes eval_<step>.json (and more) under run_dir.
 
-    A model trained on a --subset is scored on the whole dataset: the scores draw images by their factors."""
+    A model trained on a --subset is scored on the whole dataset: the scores draw images by their factors.
+    `config` is the evaluated model's: the run's own when training, the checkpoint's for --train False."""
     data = getattr(data, "full", data)
 
 
@@ -268,15 +279,48 @@ def make_evaluator(data, device, run_dir: Path, args: argparse.Namespace, spec, 
         path = checkpoint_path(args)
         provenance = {
             "checkpoint": {"path": str(path) if path.exists() else None, "iteration": step},
-            "precision": precision.name, "precision_reason": precision.reason, "seed": args.seed,
-            "method": args.objective, "model": args.model,
-            "dataset": {"name": args.dataset, "path": str(spec.path(args.dset_dir)), "subset": args.subset},
+            "precision": precision.name, "precision_reason": precision.reason, "seed": config.get("seed", args.seed),
+            "method": config.get("objective", args.objective), "model": config.get("model", args.model),
+            "dataset": {"name": args.dataset, "path": str(spec.path(args.dset_dir)),
+                        "subset": config.get("subset", args.subset)},
             "config": config,
         }
+        if not args.train:
+            keep_other_evaluation(run_dir, step, args, provenance)
         return evaluate(method.encoder, data, device, step, run_dir, seed=args.eval_seed, scale=args.eval_scale,
                         autocast_dtype=precision.dtype, dci_estimator=args.dci_estimator, provenance=provenance)
 
     return evaluator
+
+
+class EvaluationExists(Exception):
+    """--train False would replace an evaluation of another checkpoint or with other settings."""
+
+
+def keep_other_evaluation(out_dir: Path, step: int, args: argparse.Namespace, provenance: dict) -> None:
+    """Raise EvaluationExists, before any work, if the file this evaluation would write holds a different one
+    (another checkpoint, config, protocol seed, DCI estimator or precision). The same evaluation again gives
+    the same numbers, so it may replace the file. Training runs only ever re-evaluate the same model."""
+    from evaluation.evaluate import result_stem
+
+    path = out_dir / f"{result_stem(step, args.eval_scale)}.json"
+    if not path.exists():
+        return
+    try:
+        earlier = json.loads(path.read_text())["provenance"]
+        was = (earlier["checkpoint"], earlier["config"], earlier["protocol"]["seed"],
+               earlier["protocol"]["dci_estimator"], earlier["precision"]["used"])
+    except (OSError, ValueError, KeyError, TypeError):
+        print(f"WARNING: {path} is unreadable or not an evaluation; this evaluation replaces it.", file=sys.stderr)
+        return
+    now = (provenance["checkpoint"], json.loads(json.dumps(provenance["config"], default=str)), args.eval_seed,
+           args.dci_estimator, provenance["precision"])
+    names = ("checkpoint", "config", "--eval_seed", "--dci_estimator", "precision")
+    differ = [name for name, a, b in zip(names, was, now, strict=True) if a != b]
+    if differ:
+        raise EvaluationExists(f"{path} holds another evaluation (its {' and '.join(differ)} "
+                               f"{'differ' if len(differ) > 1 else 'differs'} from this one's); "
+                               "it is kept and nothing was evaluated. Move it away, or pass another --output_dir.")
 
 
 def build_solver(args: argparse.Namespace) -> Solver:
@@ -287,31 +331,33 @@ def build_solver(args: argparse.Namespace) -> Solver:
     print(announce(precision))
     seed_everything(args.seed)
     data = load_dataset(spec, args.dset_dir)
+    for warning in check_sizes(args, len(getattr(data, "full", data)), available_memory(device)):
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     if hasattr(data, "to"):
         data = data.to(device)  # in-memory data lives where the model does: no host->device copy per batch
     compute = Compute(device, precision.dtype, args.channels_last, args.compile)
     method = build_method(args, spec.nc, spec.distribution, compute)
     config = run_config(args, spec, precision, data)
     start_step, checkpoint = resume(args, config, method)
-    run_dir = Path(args.output_dir) / args.viz_name
-    # A resumed run moves the stopped run's records after its checkpoint aside, so curves are not doubled;
-    # --train False only appends (it may run beside training).
+    # --train False writes its pictures, records and evaluations into a folder of its own, never into the
+    # training run's (which may be running beside it), and records the checkpoint's config, not the flags.
+    run_dir = output_folder(args)
+    evaluated = config if args.train or checkpoint is None else checkpoint.get("config") or config
+    # A resumed run moves the stopped run's records after its checkpoint aside, so curves are not doubled.
     logger = build_logger(run_dir, args.viz_on, args.viz_name, args.viz_server, args.viz_port,
                           save_curves=args.save_output, resume_step=start_step if args.train else None,
                           top_latents=args.top_latents, tensorboard=args.tensorboard)
-    # --train False draws into its own folder, so it never replaces the training run's pictures.
-    pictures_dir = run_dir if args.train else run_dir / "from_checkpoint"
     solver = Solver(
         method=method, data=data, order=BatchOrder(len(data), args.batch_size, args.seed), device=device,
         schedule=Schedule(args.max_iter, args.gather_step, args.display_step, args.save_step, args.snapshot_step,
                           args.eval_step),
         logger=logger,
         # Pictures of the fixed images (dataset indices) come from the whole dataset, also for a --subset.
-        outputs=OutputWriter(pictures_dir, getattr(data, "full", data), spec.traverse_indices, device, args.seed,
+        outputs=OutputWriter(run_dir, getattr(data, "full", data), spec.traverse_indices, device, args.seed,
                              args.save_output, args.top_latents),
         checkpointer=Checkpointer(Path(args.ckpt_dir) / args.viz_name, args.ckpt_name, config),
         num_workers=args.num_workers, start_step=start_step,
-        evaluator=make_evaluator(data, device, run_dir, args, spec, precision, config),
+        evaluator=make_evaluator(data, device, run_dir, args, spec, precision, evaluated),
     )
     if checkpoint is not None:
         solver.checkpointer.resumed_step = start_step
@@ -320,23 +366,32 @@ def build_solver(args: argparse.Namespace) -> Solver:
     return solver
 
 
+def output_folder(args: argparse.Namespace) -> Path:
+    """outputs/<viz_name> for training; outputs/<viz_name>/from_checkpoint for --train False."""
+    run_dir = Path(args.output_dir) / args.viz_name
+    return run_dir if args.train else run_dir / "from_checkpoint"
+
+
 class RecordsLost(Exception):
     """Training ended, but some metrics.jsonl records could not be written."""
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, lock: RunLock | None = None) -> None:
     """Build, then train (or draw pictures), then score as asked."""
     solver = build_solver(args)
+    if lock is not None:
+        solver.guard = lock.ensure
     if args.train:
         solver.train()
     else:
+        solver.check_loaded()
         solver.display()
     if args.eval_metrics:
         solver.evaluate()
     solver.logger.close()
     lost = solver.logger.unwritten()
     if lost:
-        log = Path(args.output_dir) / args.viz_name / "metrics.jsonl"
+        log = output_folder(args) / "metrics.jsonl"
         raise RecordsLost(f"{lost} record(s) could not be written to {log} (the disk is full or unwritable); the "
                           "checkpoints are intact. Free space and run the same command again to resume.")
 
@@ -347,18 +402,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # A training run owns its folders for its whole life; --train False only reads the checkpoint
         # and writes files of its own, so it may run beside training.
-        with RunLock(ckpt_folder, run_dir) if args.train else nullcontext():
+        with stop_raises(), RunLock(ckpt_folder, run_dir) if args.train else nullcontext() as lock:
             if args.train:
                 check_writable(ckpt_folder, "--ckpt_dir")
             check_writable(run_dir, "--output_dir")
-            run(args)
+            run(args, lock)
     except Interrupted as stop:
-        return 128 + stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-    except KeyboardInterrupt:  # Ctrl-C before training began, or a second signal while saving
-        print("error: interrupted; the checkpoint on disk is the last one completely written.", file=sys.stderr)
-        return 130
-    except (DataError, CheckpointError, NonFiniteLoss, RunLocked, RecordsLost) as err:
+        return 128 + stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP
+    except KeyboardInterrupt as stop:  # a signal before training began, while evaluating, or a second while saving
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"error: stopped by {signal.Signals(signum).name}; no checkpoint was due (a save under way was "
+              "abandoned): the checkpoint on disk, if any, is the last one completely written, and evaluation "
+              "files are only ever written whole. Run the same command again to continue.", file=sys.stderr)
+        return 128 + signum
+    except (DataError, CheckpointError, NonFiniteLoss, RunLocked, RecordsLost, SizeError, EvaluationExists) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err):
+            raise
+        print(f"error: {memory_advice(args)}. ({str(err).splitlines()[0][:200]})", file=sys.stderr)
         return 1
     except OSError as err:  # a file that could not be written: full disk, lost mount, permissions
         again = ("run the same command again to resume" if checkpoint_path(args).exists()

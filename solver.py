@@ -27,11 +27,42 @@ class NonFiniteLoss(Exception):
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; a checkpoint was saved. `signum` sets the exit status."""
+    """SIGINT, SIGTERM or SIGHUP arrived; a checkpoint was saved. `signum` sets the exit status."""
 
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
+
+
+# What a user's environment sends to end a process: Ctrl-C, kill/timeout/Slurm/docker stop, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal outside the training loop (nothing to save there), or a second one while saving.
+    A KeyboardInterrupt, so whatever cleans up after Ctrl-C cleans up after SIGTERM and SIGHUP too."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextmanager
+def stop_raises():
+    """Outside the loop, SIGTERM and SIGHUP end the process as Ctrl-C does: by raising (Stopped)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS if s != signal.SIGINT}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @dataclass
@@ -45,17 +76,28 @@ class Schedule:
     snapshot_step: int = 100000
     eval_step: int = 0  # 0: no evaluation during training
 
+    # A first look within a minute or two of a start, before the flags' steps come round (10,000 iterations
+    # between pictures at the defaults): a point at these iterations and pictures, where the flags' steps are later.
+    early: tuple[int, ...] = (100, 1000)
+
+    def gathers(self, step: int) -> bool:
+        return step % self.gather_step == 0 or (step in self.early and step < self.gather_step)
+
+    def displays(self, step: int) -> bool:
+        return step % self.display_step == 0 or (step in self.early and step < self.display_step)
+
 
 class RunningStats:
     """Sums of a method's per-step stats since the last gather, kept on the device (no sync per step).
 
     `sizes` is Method.stat_sizes(): name -> 1 (a scalar) or z_dim (one value per latent), in record
     order. `sums` lays them end to end; for the VAEs that is [recon, total_kld, mean_kld, loss, kld(z),
-    mu(z), var(z), extras...].
+    mu(z), var(z), extras...]. `per_latent` names the per-latent stats, which stay lists at z_dim 1.
     """
 
-    def __init__(self, sizes: dict[str, int], device: torch.device):
+    def __init__(self, sizes: dict[str, int], device: torch.device, per_latent: tuple[str, ...] = ()):
         self.sizes = dict(sizes)
+        self.per_latent = set(per_latent)
         self.sums = torch.zeros(sum(self.sizes.values()), device=device, dtype=torch.float64)
         self.count = 0
 
@@ -70,7 +112,7 @@ class RunningStats:
         values = (self.sums / max(self.count, 1)).tolist()
         record, start = {"iter": step}, 0
         for name, size in self.sizes.items():
-            record[name] = values[start] if size == 1 else values[start : start + size]
+            record[name] = values[start] if size == 1 and name not in self.per_latent else values[start : start + size]
             start += size
         return record
 
@@ -90,9 +132,9 @@ class RunningStats:
 
 @contextmanager
 def stop_on_signals():
-    """Turn SIGINT/SIGTERM into a flag the loop checks, so it can save before exiting.
+    """Turn SIGINT, SIGTERM and SIGHUP into a flag the loop checks, so it can save before exiting.
 
-    A second signal while saving falls back to the default behaviour.
+    A second signal while saving raises Stopped: the process ends without waiting for the save.
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
@@ -101,10 +143,10 @@ def stop_on_signals():
 
     def handler(signum, _frame):
         if received:
-            raise KeyboardInterrupt
+            raise Stopped(signum)
         received.append(signum)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield received
     finally:
@@ -123,7 +165,10 @@ class Solver:
         self.num_workers = num_workers
         self.evaluator = evaluator  # callable(method, step) -> {"summary": scores, "matrices": ...}, or None
         self.step = start_step
-        self.stats = RunningStats(method.stat_sizes(), device)
+        # Called before each write into the run's folders; main.py sets RunLock.ensure: folders deleted
+        # mid-run are recreated under the lock, never silently without it.
+        self.guard = lambda: None
+        self.stats = RunningStats(method.stat_sizes(), device, method.per_latent_stats)
         self.last_record: dict | None = None
         # The loss terms whose NaN or inf stops the run, and the first iteration where one was not finite
         # (-1: none yet) with a bit mask of which terms (bit i: watched term i).
@@ -164,6 +209,14 @@ class Solver:
             raise NonFiniteLoss(f"the weights became NaN or inf by iteration {self.step} "
                                 f"(every loss so far was finite); {kept}")
 
+    def check_loaded(self) -> None:
+        """--train False: refuse a checkpoint whose weights are NaN or inf before drawing or scoring anything."""
+        if not all(torch.isfinite(p).all().item() for p in self.method.parameters()):
+            raise NonFiniteLoss(
+                f"{self.checkpointer.path} (iteration {self.step}) holds NaN or inf weights, so it cannot be drawn "
+                "or scored; nothing was written. Evaluate an earlier snapshot of the run instead (--ckpt_name "
+                f"<iteration>, the numbered files in {self.checkpointer.folder}).")
+
     def _has_checkpoint(self) -> bool:
         return self.checkpointer.saved_step is not None or self.checkpointer.resumed_step is not None
 
@@ -192,8 +245,11 @@ class Solver:
             self.display()
             return
         if self.step >= s.max_iter:
-            tqdm.write(f"Nothing to train: the checkpoint is at iteration {self.step}, and --max_iter is "
-                       f"{s.max_iter}. To train further, run the same command with a larger --max_iter.")
+            if self.checkpointer.resumed_step is None:  # a fresh start with --max_iter 0
+                tqdm.write(f"Nothing to train: --max_iter is {s.max_iter}; no checkpoint was written.")
+            else:
+                tqdm.write(f"Nothing to train: the checkpoint is at iteration {self.step}, and --max_iter is "
+                           f"{s.max_iter}. To train further, run the same command with a larger --max_iter.")
             return
         bar = tqdm(total=s.max_iter, initial=self.step, dynamic_ncols=True, desc="training")
         stream = batches(self.data, self.order, self.step + 1, self.device, self.num_workers)
@@ -215,11 +271,11 @@ class Solver:
 
     def _periodic(self, x: torch.Tensor, stats: dict, bar) -> None:
         s, step = self.schedule, self.step
-        if step % s.gather_step == 0:
+        if s.gathers(step):
             self.gather()
         if step % min(s.gather_step, 100) == 0 and "loss" in stats:
             bar.set_postfix(loss=f"{stats['loss'].item():.3f}", refresh=False)
-        if step % s.display_step == 0:
+        if s.displays(step):
             self.display(x)
         if s.eval_step and step % s.eval_step == 0:
             self.evaluate()
@@ -247,7 +303,7 @@ class Solver:
         saved = self.save(snapshot=True) or self.checkpointer.saved_step == self.step
         if self.stats.count:
             self.gather()
-        if x is not None and self.step % s.display_step != 0:
+        if x is not None and not s.displays(self.step):
             self.display(x)
         if not saved:
             again = ("Free some space and run the same command again: it resumes from that checkpoint."
@@ -262,6 +318,7 @@ class Solver:
     def gather(self) -> dict:
         """Average the interval's statistics into one record and hand it to the logger."""
         self.check_finite()
+        self.guard()
         record = self.stats.average(self.step) | self.method.scheduled(self.step)
         self.stats.reset()
         self.last_record = record
@@ -270,6 +327,7 @@ class Solver:
 
     def display(self, x: torch.Tensor | None = None) -> None:
         """Print a status line, write the pictures and push buffered points to the loggers."""
+        self.guard()
         record = self.last_record or (self.stats.average(self.step) if self.stats.count else None)
         if record is not None:
             tqdm.write(format_status(record))
@@ -301,6 +359,7 @@ class Solver:
     def save(self, snapshot: bool = False) -> bool:
         """Checkpoint the run, unless a loss or weight went non-finite (then the last good one stays)."""
         self.check_finite()
+        self.guard()
         extra = {"gather": self.stats.state(), "last_record": self.last_record}
         return self.checkpointer.save(self.step, self.method, extra, snapshot)
 
@@ -318,5 +377,6 @@ def format_status(record: dict) -> str:
                                        if name != "iter" and isinstance(value, float)]
     if "var" not in record:
         return " ".join(parts)
-    variances = " ".join(f"z{i}:{v:.3f}" for i, v in enumerate(record["var"]))
+    var = record["var"] if isinstance(record["var"], list) else [record["var"]]  # a z_dim 1 record of older runs
+    variances = " ".join(f"z{i}:{v:.3f}" for i, v in enumerate(var))
     return " ".join(parts) + f"\n  posterior variance: {variances}"

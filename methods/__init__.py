@@ -91,10 +91,39 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
+# Names people type for a method, and the --objective that means it: the hint of an unknown name.
+ALIASES = {
+    "beta": "H", "betavae": "H", "beta_vae": "H", "beta-vae": "H", "bvae": "H", "higgins": "H",
+    "vae": "H --beta 1", "burgess": "B", "capacity": "B", "annealed": "B", "factor": "factorvae",
+    "factor_vae": "factorvae", "tcvae": "btcvae", "beta_tcvae": "btcvae", "beta-tcvae": "btcvae",
+    "dipvae": "dipvae_i or dipvae_ii", "dip-vae": "dipvae_i or dipvae_ii", "dip_vae": "dipvae_i or dipvae_ii",
+}
+
+
 def method_name(value: str) -> str:
-    """argparse type for --objective: the table's spelling of a name given in any case."""
+    """argparse type for --objective: the table's spelling of a name given in any case; a known alias is an
+    error that names the method meant (`--objective beta` -> H)."""
     names = {name.lower(): name for name in METHODS}
-    return names.get(value.strip().lower(), value)
+    key = value.strip().lower()
+    if key in names:
+        return names[key]
+    if key in ALIASES:
+        meant = ALIASES[key]
+        raise argparse.ArgumentTypeError(f"no method {value!r}; did you mean --objective {meant}? (H is β-VAE, "
+                                         "Higgins et al. 2017; B the capacity-annealed β-VAE, Burgess et al. 2018; "
+                                         f"all: {', '.join(METHODS)})")
+    return value  # argparse's choices= then lists the methods
+
+
+def ignored_flags(args, defaults: dict) -> list[str]:
+    """Method hyperparameters given on the command line that the chosen method does not use, as warnings
+    (`--beta 4 --objective B`: B weighs |KL − C| by --gamma). defaults: the parser's, to tell what was given."""
+    own = set(METHODS[args.objective].hyperparameters)
+    others = {flag for spec in METHODS.values() for flag in spec.hyperparameters} - own
+    given = sorted(flag for flag in others if getattr(args, flag, None) != defaults.get(flag))
+    uses = ", ".join(f"--{flag}" for flag in METHODS[args.objective].hyperparameters) or "no hyperparameter flag"
+    return [f"--{flag} {getattr(args, flag)} has no effect with --objective {args.objective}, which uses {uses}"
+            for flag in given]
 
 
 def adam_beta(value: str) -> float:
@@ -143,4 +172,4 @@ def build_method(args, nc: int, distribution: str, compute: Compute) -> Method:
 
 
 __all__ = ["METHODS", "OPTIMIZER_DEFAULTS", "Compute", "Method", "MethodSpec", "adam_beta", "build_method",
-           "flag_errors", "method_name", "per_method_defaults", "resolve_defaults"]
+           "flag_errors", "ignored_flags", "method_name", "per_method_defaults", "resolve_defaults"]

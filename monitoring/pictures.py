@@ -83,9 +83,25 @@ def save_labelled_png(grid: torch.Tensor, labels: list[str], path: Path, margin:
     return _write_image(canvas, path)
 
 
-def save_traversal_gif(rows: torch.Tensor, path: Path) -> Path:
-    """A GIF with a frame per value; each frame shows every latent side by side at that value."""
-    return save_gif([make_grid(rows[:, s], nrow=rows.shape[0]) for s in range(rows.shape[1])], path)
+def save_traversal_gif(rows: torch.Tensor, path: Path, labels: list[str] | None = None, ms_per_frame: int = 200,
+                       header: int = 14) -> Path:
+    """A GIF with a frame per value; each frame shows every latent side by side at that value, each
+    under its label (e.g. 'z3') when labels are given. rows: (latents, steps, C, H, W)."""
+    frames = [to_pil(make_grid(rows[:, s], nrow=rows.shape[0])) for s in range(rows.shape[1])]
+    if labels:
+        column = frames[0].width / len(labels)  # make_grid spaces the images evenly
+        white = 255 if frames[0].mode == "L" else (255, 255, 255)
+        labelled = []
+        for frame in frames:
+            canvas = Image.new(frame.mode, (frame.width, frame.height + header), white)
+            canvas.paste(frame, (0, header))
+            draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+            for i, label in enumerate(labels):
+                draw.text((int(column * i) + 4, 1), label, fill=0 if frame.mode == "L" else (0, 0, 0), font=font)
+            labelled.append(canvas)
+        frames = labelled
+    images = [f.convert("P") if f.mode == "RGB" else f for f in frames]
+    return _write_image(images[0], path, save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
 
 
 class OutputWriter:
@@ -132,7 +148,7 @@ class OutputWriter:
             logger.images(step, f"traverse_{key}", grid)
             if self.save_files:
                 save_labelled_png(grid, labels, folder / f"traverse_{key}.png")
-                save_traversal_gif(rows, folder / f"traverse_{key}.gif")
+                save_traversal_gif(rows, folder / f"traverse_{key}.gif", [f"z{i}" for i in order])
         return folder
 
 

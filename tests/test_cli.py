@@ -105,3 +105,31 @@ def test_help_shows_every_default():
         else:
             assert f"(default: {action.default})" in " ".join(text.split()), f"--{action.dest}: default not shown"
     assert "default per method: H 4" in " ".join(text.split())
+
+
+def test_a_name_people_use_for_beta_vae_names_the_objective_meant(capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--objective", "beta"])
+    assert stop.value.code == 2
+    assert "did you mean --objective H?" in capsys.readouterr().err
+
+
+def test_a_hyperparameter_of_another_method_is_named_as_having_no_effect(capsys):
+    args = parse_args(["--objective", "B", "--beta", "4"])
+    assert args.gamma == 1000  # the run goes on with B's own weight
+    err = capsys.readouterr().err
+    assert "--beta 4.0 has no effect with --objective B, which uses --gamma, --C_max, --C_stop_iter" in err
+    parse_args(["--objective", "H", "--beta", "4"])
+    assert capsys.readouterr().err == ""  # H's own hyperparameter: nothing to say
+
+
+def test_max_iter_0_on_a_fresh_run_says_nothing_is_trained(tmp_path, tiny_dsprites, capsys):
+    from conftest import run_args
+
+    from main import main
+
+    assert main(run_args(tmp_path, tiny_dsprites, "--viz_name", "zero", "--max_iter", "0")) == 0
+    out = capsys.readouterr().out
+    assert "Starting fresh" in out and "Nothing to train: --max_iter is 0; no checkpoint was written." in out
+    assert "checkpoint is at iteration" not in out
+    assert not (tmp_path / "checkpoints" / "zero" / "last").exists()

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -351,3 +352,21 @@ def test_build_logger_gives_visdom_the_log_as_history(tmp_path, server):
     assert iters(run_dir / "metrics.jsonl") == [1, 2, 3, 4, 5, 6]
     kl = traces(server.client(), "kl_divergence", "resumed_lines")
     assert {name: t["x"] for name, t in kl.items()} == {name: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] for name in kl}
+
+
+def test_traversal_gifs_label_each_latent_above_its_column(tmp_path):
+    from PIL import Image, ImageSequence
+
+    from monitoring.pictures import save_traversal_gif
+
+    rows = torch.zeros(3, 4, 1, 64, 64)  # 3 latents, 4 values: dark images, each frame its own shade
+    rows += torch.arange(4).reshape(1, 4, 1, 1, 1) * 0.1
+    plain = Image.open(save_traversal_gif(rows, tmp_path / "plain.gif"))
+    labelled = Image.open(save_traversal_gif(rows, tmp_path / "labelled.gif", ["z0", "z5", "z7"]))
+    assert labelled.height == plain.height + 14 and labelled.width == plain.width
+    frames = [np.asarray(frame.convert("L")) for frame in ImageSequence.Iterator(labelled)]
+    assert len(frames) == 4
+    column = plain.width // 3
+    for i in range(3):  # dark text pixels in the header above each column
+        assert (frames[0][:14, i * column : (i + 1) * column] < 128).any()
+    assert (frames[0][14:, :] < 128).any()  # the images themselves are below

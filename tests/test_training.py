@@ -1,5 +1,6 @@
 """Short end-to-end runs: outputs, checkpoints, resume and --train False."""
 
+import json
 import subprocess
 import sys
 
@@ -130,3 +131,14 @@ def test_every_run_keeps_freed_memory(tmp_path, tiny_dsprites, monkeypatch):
     argv = run_args(tmp_path, tiny_dsprites, "--max_iter", "1", "--viz_name", "mem")
     assert main(argv) == 0
     assert calls == [1]
+
+
+def test_a_run_at_the_default_steps_shows_a_point_and_pictures_at_iteration_100(tmp_path, tiny_dsprites):
+    """The first look comes early: gather_step 1000 and display_step 10000 would leave nothing for minutes."""
+    assert main(run_args(tmp_path, tiny_dsprites, "--viz_name", "early", "--max_iter", "101", "--z_dim", "2",
+                         "--precision", "fp32")) == 0
+    run = tmp_path / "outputs" / "early"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [100, 101]  # the early point, then the end's partial interval
+    assert (run / "100" / "reconstruction.png").is_file() and (run / "100" / "traverse_random_img.gif").is_file()
+    assert (run / "101" / "reconstruction.png").is_file()  # a run's last iteration always gets pictures
