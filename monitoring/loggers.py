@@ -222,8 +222,10 @@ def build_logger(run_dir: str | os.PathLike, viz_on: bool = False, viz_name: str
         try:
             from monitoring.visdom_sink import VisdomLogger
         except ImportError as err:
+            # The sink's ImportError already says how to install visdom; say it once.
+            install = "" if INSTALL_VISDOM in str(err) else f" Install visdom in {ROOT} with: {INSTALL_VISDOM}"
             log.warning("--viz_on is true but visdom support is unavailable (%s); the run goes on and logs to "
-                        "%s. Install visdom in %s with: %s", err, metrics_path, ROOT, INSTALL_VISDOM)
+                        "%s.%s", err, metrics_path, install)
         else:
             # The windows start from the log, so a resumed run shows exactly what metrics.jsonl holds.
             history, _ = read_metrics(metrics_path)

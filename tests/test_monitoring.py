@@ -187,6 +187,17 @@ def test_missing_visdom_names_the_command_that_installs_it(tmp_path, monkeypatch
     assert iters(tmp_path / "run" / "metrics.jsonl") == [1] and logger.unwritten() == 0
 
 
+
+def test_missing_visdom_names_the_install_command_once(tmp_path, monkeypatch, caplog):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "visdom", None)  # visdom itself missing: the sink's own ImportError
+    monkeypatch.delitem(sys.modules, "monitoring.visdom_sink", raising=False)
+    logger = build_logger(tmp_path / "run", viz_on=True, viz_name="run", save_curves=False)
+    logger.close()
+    messages = warnings_of(caplog, "monitoring.loggers")
+    assert len(messages) == 1 and messages[0].count(INSTALL_VISDOM) == 1, messages
+
 # ------------------------------------------------------------------------------ atomic files
 
 
