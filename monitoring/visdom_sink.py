@@ -241,12 +241,14 @@ class _KL(_LineWindow):
         return (_vector(kld) if isinstance(kld, list) else None, number(record.get("mean_kld")),
                 number(record.get("total_kld")), number(record.get("C")))
 
+    # The total and C first: a legend taller than the window is cut at the bottom, and those two are
+    # what a reader of objective B looks for.
     def names(self, view: _View) -> list[str]:
-        return [*view.names(), "mean", "total", *(["C"] if self.has_c else [])]
+        return ["total", *(["C"] if self.has_c else []), "mean", *view.names()]
 
     def row(self, payload, view: _View) -> list[float]:
         kld, mean, total, capacity = payload
-        return [*view.values(kld), mean, total, *([capacity] if self.has_c else [])]
+        return [total, *([capacity] if self.has_c else []), mean, *view.values(kld)]
 
 
 class _PerLatent(_LineWindow):
@@ -579,8 +581,12 @@ class VisdomLogger(Logger):
 
     def _send_picture(self, picture: _Picture) -> None:
         if picture.rows is None:
+            # A window the picture's size (plus its title bar and caption): at visdom's default size the
+            # reconstruction grid's bottom row, the reconstructions, was cut off.
+            height, width = picture.array.shape[-2:]
             self._client.draw("image", picture.win, img=picture.array, env=picture.env,
-                              opts={"title": picture.win, "caption": f"iteration {picture.step}"})
+                              opts={"title": picture.win, "caption": f"iteration {picture.step}",
+                                    "width": max(width + 40, 320), "height": height + 110})
         else:
             self._client.draw("heatmap", picture.win, X=picture.array, env=picture.env,
                               opts={"title": f"{picture.win} (iteration {picture.step})",
