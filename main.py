@@ -42,6 +42,7 @@ from utils import (
     check_writable,
     iter_count,
     keep_freed_memory,
+    machine_facts,
     non_negative,
     pick_device,
     port_number,
@@ -262,7 +263,7 @@ def data_identity(args, data) -> dict:
 def run_config(args: argparse.Namespace, spec, precision, data) -> dict:
     """The flags in effect plus derived facts; stored in every checkpoint, so it alone rebuilds the method."""
     return dict(vars(args), nc=spec.nc, decoder_distribution=spec.distribution, data=data_identity(args, data),
-                precision_used=precision.name, precision_reason=precision.reason)
+                precision_used=precision.name, precision_reason=precision.reason, machine=machine_facts())
 
 
 def make_evaluator(data, device, run_dir: Path, args: argparse.Namespace, spec, precision, config: dict):

@@ -8,6 +8,7 @@ training runs the same for every method, with or without visdom.
 
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -170,6 +171,7 @@ class Solver:
         self.guard = lambda: None
         self.stats = RunningStats(method.stat_sizes(), device, method.per_latent_stats)
         self.last_record: dict | None = None
+        self._seconds_before, self._segment_start = 0.0, None  # train_seconds(): earlier sessions, this one
         # The loss terms whose NaN or inf stops the run, and the first iteration where one was not finite
         # (-1: none yet) with a bit mask of which terms (bit i: watched term i).
         self.watched = list(method.watched.items())
@@ -234,6 +236,7 @@ class Solver:
 
     def train(self) -> None:
         s = self.schedule
+        self._segment_start = time.monotonic()
         if not self.method.iterative:  # a baseline (PCA, ICA): fitted once on the data, no loop
             if self.method.fitted:
                 tqdm.write(f"Already fitted: {self.checkpointer.path} holds the fitted {self.method.name}; "
@@ -360,14 +363,21 @@ class Solver:
         """Checkpoint the run, unless a loss or weight went non-finite (then the last good one stays)."""
         self.check_finite()
         self.guard()
-        extra = {"gather": self.stats.state(), "last_record": self.last_record}
+        extra = {"gather": self.stats.state(), "last_record": self.last_record, "train_seconds": self.train_seconds()}
         return self.checkpointer.save(self.step, self.method, extra, snapshot)
+
+    def train_seconds(self) -> float:
+        """Wall time spent training this run, summed over every session that resumed it (result cards)."""
+        running = time.monotonic() - self._segment_start if self._segment_start is not None else 0.0
+        return self._seconds_before + running
 
     def load_state(self, checkpoint: dict) -> None:
         """Resume the statistics of a partly gathered interval (absent in reference checkpoints)."""
         if checkpoint.get("gather"):
             self.stats.load(checkpoint["gather"])
         self.last_record = checkpoint.get("last_record")
+        seconds = checkpoint.get("train_seconds")
+        self._seconds_before = float(seconds) if isinstance(seconds, int | float) and seconds >= 0 else 0.0
 
 
 def format_status(record: dict) -> str:

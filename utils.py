@@ -4,6 +4,7 @@ import argparse
 import ctypes
 import math
 import os
+import platform
 import random
 import stat
 import tempfile
@@ -204,3 +205,21 @@ def check_writable(folder: str | os.PathLike, flag: str) -> None:
     except OSError as err:
         raise OSError(err.errno, f"cannot write in {folder} ({err.strerror}); check its permissions and free "
                                  f"space, or choose another folder with {flag}") from None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what the platform module knows elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine_facts() -> dict:
+    """What a run trained on: stored in its config (result cards quote it), not compared on resume."""
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": gpu, "torch": str(torch.__version__)}  # a plain str: checkpoints load with weights_only

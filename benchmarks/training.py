@@ -53,7 +53,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -73,7 +72,7 @@ from dataset import DATASETS, batches, ensure_dsprites
 from methods.losses import Objective, kl_divergence, reconstruction_loss
 from model import build_model
 from speed import fast_conv
-from utils import autocast, keep_freed_memory
+from utils import autocast, cpu_model, keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 RESULT_TAG = "BENCH_RESULT "
@@ -440,14 +439,6 @@ def print_table(rows: list[list[str]], notes: list[str]) -> None:
     print()
     for note in notes:
         print(f"- {note}")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def machine(threads: int) -> str:

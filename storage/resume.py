@@ -29,7 +29,7 @@ FREE_FLAGS = {
     "top_latents", "resume_with_changes",
 }
 # Derived entries of the config: not flags, so not compared (the data is compared through `data`).
-DERIVED = {"nc", "decoder_distribution", "precision_used", "precision_reason", "changes"}
+DERIVED = {"nc", "decoder_distribution", "precision_used", "precision_reason", "changes", "machine"}
 
 
 def checkpoint_path(args) -> Path:

@@ -142,3 +142,13 @@ def test_a_run_at_the_default_steps_shows_a_point_and_pictures_at_iteration_100(
     assert [r["iter"] for r in records] == [100, 101]  # the early point, then the end's partial interval
     assert (run / "100" / "reconstruction.png").is_file() and (run / "100" / "traverse_random_img.gif").is_file()
     assert (run / "101" / "reconstruction.png").is_file()  # a run's last iteration always gets pictures
+
+
+def test_checkpoints_carry_the_training_time_summed_over_resumes(tmp_path, tiny_dsprites):
+    argv = run_args(tmp_path, tiny_dsprites, "--viz_name", "clock", "--z_dim", "2", "--precision", "fp32")
+    assert main([*argv, "--max_iter", "3"]) == 0
+    first = load_checkpoint(tmp_path / "checkpoints" / "clock" / "last")["train_seconds"]
+    assert first > 0
+    assert main([*argv, "--max_iter", "6"]) == 0
+    second = load_checkpoint(tmp_path / "checkpoints" / "clock" / "last")["train_seconds"]
+    assert second > first  # the resumed session's time is added to the first's, not restarted
