@@ -15,6 +15,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from dataset import CHANNELS, DATASETS, DISTRIBUTIONS, BatchOrder, DataError, dataset_spec, load_dataset
+from hardware.precision import CHOICES as PRECISIONS
+from hardware.precision import announce, choose
+from hardware.sizes import SizeError, available_memory, check_sizes, is_out_of_memory, memory_advice
 from methods import (
     METHODS,
     OPTIMIZER_DEFAULTS,
@@ -30,10 +33,7 @@ from methods import (
 from model import MODELS
 from monitoring.loggers import build_logger
 from monitoring.pictures import OutputWriter
-from sizes import SizeError, available_memory, check_sizes, is_out_of_memory, memory_advice
 from solver import Interrupted, NonFiniteLoss, Schedule, Solver, stop_raises
-from speed.precision import CHOICES as PRECISIONS
-from speed.precision import announce, choose
 from storage.checkpoint import CheckpointError
 from storage.checkpointer import Checkpointer
 from storage.resume import checkpoint_path, resume
@@ -332,7 +332,7 @@ def build_solver(args: argparse.Namespace) -> Solver:
     print(announce(precision))
     seed_everything(args.seed)
     data = load_dataset(spec, args.dset_dir)
-    for warning in check_sizes(args, len(getattr(data, "full", data)), available_memory(device)):
+    for warning in check_sizes(args, len(getattr(data, "full", data)), available_memory(device), available_memory()):
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     if hasattr(data, "to"):
         data = data.to(device)  # in-memory data lives where the model does: no host->device copy per batch
@@ -412,9 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP
     except KeyboardInterrupt as stop:  # a signal before training began, while evaluating, or a second while saving
         signum = getattr(stop, "signum", signal.SIGINT)
-        print(f"error: stopped by {signal.Signals(signum).name}; no checkpoint was due (a save under way was "
-              "abandoned): the checkpoint on disk, if any, is the last one completely written, and evaluation "
-              "files are only ever written whole. Run the same command again to continue.", file=sys.stderr)
+        print(f"error: stopped by {signal.Signals(signum).name}; nothing was due to be saved (or a save under way "
+              "was abandoned for a second signal): the checkpoint on disk, if any, is the last one completely "
+              "written, and evaluation files are only ever written whole. Run the same command again to continue.",
+              file=sys.stderr)
         return 128 + signum
     except (DataError, CheckpointError, NonFiniteLoss, RunLocked, RecordsLost, SizeError, EvaluationExists) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -14,7 +14,7 @@ of disentanglement_lib's study (Locatello et al. 2019), which the methods compar
 import torch
 from torch import nn
 
-from speed.fast_conv import ConvTranspose2d
+from hardware.fast_conv import ConvTranspose2d
 
 
 class View(nn.Module):

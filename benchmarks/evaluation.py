@@ -43,7 +43,7 @@ def cpu_model() -> str:
 
 def native_bf16() -> tuple[bool, str]:
     """Whether bf16 runs natively here, and why (the rule --precision auto follows)."""
-    from speed import precision
+    from hardware import precision
     return precision.cpu_native_bf16(precision.cpu_facts())
 
 

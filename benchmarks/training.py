@@ -69,9 +69,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import main as train_main
 from dataset import DATASETS, batches, ensure_dsprites
+from hardware import fast_conv
 from methods.losses import Objective, kl_divergence, reconstruction_loss
 from model import build_model
-from speed import fast_conv
 from utils import autocast, cpu_model, keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
@@ -258,7 +258,7 @@ def time_layers(job: Job) -> dict:
 
     Each figure is the median of 4 rounds of `job.iters` calls, torch.nn's layer and ours alternating
     round by round, after a warm-up round."""
-    from speed import precision
+    from hardware import precision
 
     keep_freed_memory()  # as in training (main.build_solver)
     choice = precision.choose("auto", torch.device("cpu"))
@@ -319,7 +319,7 @@ def fp32_matmul_peak(size: int = 2048, repeats: int = 5) -> float:
 
 def hardware(threads: int) -> dict:
     """What this process runs on, as --precision auto sees it (a worker reports it under its own caps)."""
-    from speed import precision
+    from hardware import precision
 
     native, why = precision.native_bf16(torch.device("cpu"))
     return {"cpu": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(),

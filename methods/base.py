@@ -67,6 +67,8 @@ class Method:
     # Loss terms whose NaN or inf stops training: stat name -> how the error message names it.
     watched: dict[str, str] = {}
     iterative = True  # False for baselines fitted once (PCA, ICA): see fit()
+    # Stats with one value per latent: lists in the records even at z_dim 1, where their size is 1 too.
+    per_latent_stats: tuple[str, ...] = ()
     fitted = False  # a non-iterative method that has been fitted (restored from its checkpoint)
 
     def stat_sizes(self) -> dict[str, int]:
@@ -132,6 +134,7 @@ class VAEMethod(Method):
     watched = {"recon_loss": "reconstruction", "total_kld": "KL"}
     needs_z = False  # True: the regularizer needs the sampled z (β-TCVAE, FactorVAE)
     extra_stats: tuple[str, ...] = ()  # names of the regularizer's extra scalar stats
+    per_latent_stats = ("kld", "mu", "var")
 
     def __init__(self, name: str, vae: nn.Module, distribution: str, compute: Compute,
                  lr: float, betas: tuple[float, float]):
@@ -149,7 +152,7 @@ class VAEMethod(Method):
 
     def stat_sizes(self) -> dict[str, int]:
         z = self.z_dim
-        sizes = {"recon_loss": 1, "total_kld": 1, "mean_kld": 1, "loss": 1, "kld": z, "mu": z, "var": z}
+        sizes = {"recon_loss": 1, "total_kld": 1, "mean_kld": 1, "loss": 1} | dict.fromkeys(self.per_latent_stats, z)
         return sizes | dict.fromkeys(self.extra_stats, 1)
 
     def vae_loss(self, x: torch.Tensor, step: int):

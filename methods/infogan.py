@@ -54,9 +54,9 @@ What the scores of an InfoGAN measure (the scoring protocol sees only `encoder.e
 import torch
 from torch import nn
 
+from hardware.fast_conv import ConvTranspose2d
 from methods.base import TRAVERSE_STEPS, Compute, Method
 from methods.losses import gan_discriminator_loss, gan_generator_loss, info_gan_code_loss, uniform_code_entropy
-from speed.fast_conv import ConvTranspose2d
 
 LEAK = 0.1  # InfoGAN's appendix: leaky ReLU with leak 0.1 in the discriminator
 

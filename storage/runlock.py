@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -30,7 +31,10 @@ LOCK_NAME = ".run.lock"
 
 
 class RunLocked(Exception):
-    """Another run holds the folder, or the folder cannot be locked; the message says what to do."""
+    """Another run holds the folder, or the folder cannot be locked; the message says what to do.
+    `holder` names the other run (PID, host, start time) when there is one."""
+
+    holder: str | None = None
 
 
 class RunLock:
@@ -54,6 +58,29 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         self.release()
 
+    def ensure(self) -> None:
+        """Before writing into the folders: each must still hold our lock file. A folder deleted (or whose
+        lock file was replaced) mid-run would let a second run take the name; it is recreated and locked
+        again, with a warning, or, when another run holds it by now, this one stops (RunLocked) without
+        writing there."""
+        for i, folder in enumerate(self.folders):
+            held = self._files[i]
+            try:
+                ours = os.path.samestat(os.stat(folder / LOCK_NAME), os.fstat(held.fileno()))
+            except OSError:
+                ours = False
+            if ours:
+                continue
+            try:
+                self._files[i] = self._lock(folder)
+            except RunLocked as err:
+                raise RunLocked(f"{folder} was deleted or replaced while this run was using it, and {err} "
+                                "This run stopped without writing there again.") from None
+            held.close()
+            print(f"WARNING: {folder} was deleted while this run was using it; recreated, locked again and "
+                  "written from now on. The files deleted with it are gone (checkpoints are written again at "
+                  "the next save).", file=sys.stderr, flush=True)
+
     def release(self) -> None:
         for f in self._files:
             f.close()  # closing the file releases its flock
@@ -73,11 +100,12 @@ class RunLock:
             holder = _read_holder(f)
             f.close()
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunLocked(
+                held = RunLocked(
                     f"{folder} is in use by another {self.what}: {holder}. Two runs on one folder would "
                     "overwrite each other's checkpoints and logs, so this one stops without touching anything. "
-                    "Wait for that run to finish (or stop it), or start this one under another --viz_name."
-                ) from None
+                    "Wait for that run to finish (or stop it), or start this one under another --viz_name.")
+                held.holder = holder
+                raise held from None
             raise RunLocked(
                 f"cannot lock {folder / LOCK_NAME} ({err.strerror}): this file system does not support file "
                 "locks (a 'nolock' NFS mount or some FUSE file systems), so two runs on this folder could not be "

@@ -18,12 +18,15 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from storage.runlock import RunLock, RunLocked
+from studies import reaper
 from studies import report as study_report
 from studies.names import FULL_SCALE
 from studies.spec import Study, StudyError, Trial, load_study
@@ -35,6 +38,47 @@ TRIAL_LOG = "train.log"
 # A trial's progress bar, written into its log: one update every this many seconds, not ten a second.
 TRIAL_TQDM_MININTERVAL = "30"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in Ray's error text
+
+
+MAX_TRIALS = 1000  # more trials to run than this need --max_trials: a typo in a grid can plan days of work
+EX_TEMPFAIL = 75  # sysexits.h: some trials are being run by another sweep; run the same command again later
+
+
+class SweepStopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP to the sweep: handled as Ctrl-C is (the trials save, Ray stops), exit 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+_received: list[int] = []  # the stop signals received: Ray's wait turns our exception into a plain KeyboardInterrupt
+
+
+def _raise_stop(signum, _frame):
+    _received.append(signum)
+    raise SweepStopped(signum)
+
+
+def stop_signal(stop: KeyboardInterrupt) -> int:
+    """The signal behind a KeyboardInterrupt: SIGTERM or SIGHUP if one came, else SIGINT (Ctrl-C)."""
+    return getattr(stop, "signum", None) or (_received[-1] if _received else signal.SIGINT)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # SIGINT already raises KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGHUP raise SweepStopped while the sweep runs (Ray's own SIGTERM handler would exit 1
+    without stopping the trials); the previous handlers come back afterwards."""
+    _received.clear()
+    previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class TrialInterrupted(Exception):
@@ -85,7 +129,10 @@ def write_json_if_changed(path: Path, data: dict) -> None:
 
 def is_finished(folder: Path) -> bool:
     result = read_json(folder / "result.json")
-    return bool(result) and result.get("status") == "finished"
+    return isinstance(result, dict) and result.get("status") == "finished"
+
+
+RUN_TRACES = ("result.json", "checkpoints", "outputs", "attempts.json", TRIAL_LOG)  # what a started trial leaves
 
 
 # --------------------------------------------------------------------------- one trial, in a Ray worker
@@ -161,7 +208,22 @@ def run_trial(spec: dict) -> dict:
     go to result.json, written only when the run finished and its evaluation exists.
     """
     folder = Path(spec["folder"])
-    folder.mkdir(parents=True, exist_ok=True)
+    # Two sweeps of one study: the trial belongs to whichever locked its folder first; the other says so.
+    lock = RunLock(folder, what="sweep")
+    try:
+        lock.__enter__()
+    except RunLocked as err:
+        if err.holder is None:  # the folder cannot be locked at all: the trial fails, saying why
+            raise
+        return {"name": spec["name"], "folder": str(folder), "status": "held", "holder": err.holder,
+                "error": str(err)}
+    try:
+        return _run_locked_trial(spec, folder)
+    finally:
+        lock.release()
+
+
+def _run_locked_trial(spec: dict, folder: Path) -> dict:
     (folder / "error.txt").unlink(missing_ok=True)  # from an earlier attempt; this one decides anew
     log_path = folder / TRIAL_LOG
     attempts = (read_json(folder / "attempts.json") or {}).get("attempts", [])
@@ -190,7 +252,7 @@ def run_trial(spec: dict) -> dict:
             raise
     wall = time.perf_counter() - start
     outcome = {"name": spec["name"], "folder": str(folder), "wall_s": wall, "attempts": len(attempts)}
-    if status in (130, 143):  # SIGINT, SIGTERM: main.py saved a checkpoint and stopped
+    if status in {128 + s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}:  # main.py saved and stopped
         raise TrialInterrupted(f"{spec['name']} stopped by a signal (exit status {status}) after saving its "
                                "checkpoint; a retry resumes from it")
     if status != 0:
@@ -246,6 +308,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     study.add_argument("--report_only", action="store_true",
                        help="rebuild results.csv, report.md and the plots from the folder, without Ray")
     study.add_argument("--dry_run", action="store_true", help="list the trials and their main.py command lines")
+    study.add_argument("--max_trials", default=MAX_TRIALS, type=int,
+                       help="refuse to start more trials than this (a guard against a grid larger than meant)")
     ray_group = p.add_argument_group("Ray")
     ray_group.add_argument("--address", default=None,
                            help="join this Ray cluster ('auto', or host:port); default: start Ray on this machine, "
@@ -288,25 +352,37 @@ def write_plan(study: Study, study_dir: Path) -> None:
     write_json_if_changed(study_dir / "study.json", plan)
 
 
+def folder_problem(study: Study, trial: Trial, folder: Path) -> str | None:
+    """Why the trial's folder cannot be used as it is: made by another configuration, a record of the
+    configuration missing or unreadable next to a run's files, or a damaged result.json; None if it can."""
+    result = folder / "result.json"
+    if result.exists() and not isinstance(read_json(result), dict):
+        return f"{result} is damaged (not a JSON object), so whether the trial finished is unknown"
+    record = folder / "trial.json"
+    saved = read_json(record)
+    if saved is None and not record.exists() and not any((folder / name).exists() for name in RUN_TRACES):
+        return None  # nothing has run here yet
+    if not isinstance(saved, dict) or not isinstance(saved.get("flags"), dict):
+        state = "unreadable or not a trial record" if record.exists() else "missing"
+        return f"{record} is {state}, so the configuration of the files beside it is unknown"
+    wanted = json.loads(json.dumps(trial_record(study, trial)))
+    flags = set(saved["flags"]) | set(wanted["flags"])
+    diff = sorted(k for k in flags if saved["flags"].get(k) != wanted["flags"].get(k))
+    diff += [k for k in ("method", "seed", "dataset") if saved.get(k) != wanted.get(k)]
+    if not diff:
+        return None
+    return ", ".join(f"{k}: {saved['flags'].get(k, saved.get(k))} -> {wanted['flags'].get(k, wanted.get(k))}"
+                     for k in diff)
+
+
 def check_folders(study: Study, study_dir: Path) -> None:
-    """Refuse to mix results: a trial folder made by a different configuration is an error, before any run."""
-    problems = []
-    for trial in study.trials:
-        folder = trial_dir(study_dir, trial)
-        saved = read_json(folder / "trial.json")
-        if saved is None:
-            continue
-        wanted = json.loads(json.dumps(trial_record(study, trial)))
-        diff = sorted(k for k in set(saved["flags"]) | set(wanted["flags"])
-                      if saved["flags"].get(k) != wanted["flags"].get(k))
-        diff += [k for k in ("method", "seed", "dataset") if saved.get(k) != wanted.get(k)]
-        if diff:
-            shown = ", ".join(f"{k}: {saved['flags'].get(k, saved.get(k))} -> {wanted['flags'].get(k, wanted.get(k))}"
-                              for k in diff)
-            problems.append(f"  {folder}: {shown}")
+    """Refuse to mix results: a trial folder made by a different configuration, or whose configuration or
+    result cannot be read, is an error before any run."""
+    problems = [f"  {trial_dir(study_dir, t)}: {problem}" for t in study.trials
+                if (problem := folder_problem(study, t, trial_dir(study_dir, t)))]
     if problems:
-        raise StudyError("these trial folders were made by a different configuration of the study:\n"
-                         + "\n".join(problems)
+        raise StudyError("these trial folders were made by a different configuration of the study, or their "
+                         "record of it is missing or damaged:\n" + "\n".join(problems)
                          + "\nGive the changed study a new `name:` (or run another --scale), or delete those "
                            "folders to run them again; nothing was started.")
 
@@ -324,17 +400,21 @@ def prepare_data(dataset: str, dset_dir: Path) -> None:
                          "or pass --dset_dir with the folder that holds it")
 
 
-def start_ray(args: argparse.Namespace) -> bool:
-    """Join the cluster at --address, or start Ray here. Returns whether this call started it."""
+def start_ray(args: argparse.Namespace):
+    """Join the cluster at --address, or start Ray here. Returns None when Ray was already initialised,
+    else a handle for stop_ray: the watcher that ends the started Ray's agents if this process is killed
+    (studies/reaper.py), or True."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     options = dict(include_dashboard=False, log_to_driver=args.ray_logs,
                    logging_level=logging.INFO if args.ray_logs else logging.ERROR)
     if not args.address:  # "local": a new instance here, even when a `ray start` cluster runs on this machine
+        before = {pid for pid, _ in reaper.ray_processes()}
         ray.init(address="local", num_cpus=args.num_cpus, **options)
-        return True
+        signal.signal(signal.SIGTERM, _raise_stop)  # ray.init set its own, which exits 1 and stops no trial
+        return reaper.start([p for p in reaper.ray_processes() if p[0] not in before]) or True
     join = (f"--address {args.address}: could not join a Ray cluster there ({{}}). Start one with `ray start "
             "--head` (and `ray start --address <head>:6379` on the other nodes), or leave out --address to run "
             "on this machine. A cluster with token authentication (what `ray start` sets up since Ray 2.59) "
@@ -350,7 +430,18 @@ def start_ray(args: argparse.Namespace) -> bool:
         ray.init(address=args.address, **options)
     except (ConnectionError, RuntimeError, TimeoutError) as err:
         raise StudyError(join.format(err)) from None
+    signal.signal(signal.SIGTERM, _raise_stop)  # ray.init set its own, which exits 1 and stops no trial
     return True
+
+
+def stop_ray(started) -> None:
+    """ray.shutdown() for a Ray that start_ray started; then its watcher may go."""
+    import ray
+
+    if started is None:
+        return
+    ray.shutdown()
+    reaper.stop(started if started is not True else None)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -366,6 +457,9 @@ def _summary_line(outcome: dict, metric: str) -> str:
                  else "no scores (" + (outcome.get("note") or "none in the evaluation").split(";")[0] + ")")
         retried = f", {outcome['attempts']} attempts" if outcome.get("attempts", 1) > 1 else ""
         return f"finished {outcome['name']}  {score}  wall {wall}{retried}"
+    if outcome["status"] == "held":
+        return (f"held     {outcome['name']}  by another sweep of this study ({outcome.get('holder')}), which runs "
+                "it; not run here")
     exit_status = outcome.get("exit")
     how = f"exit status {exit_status}" if isinstance(exit_status, int) else f"error {exit_status}"
     return (f"FAILED   {outcome['name']}  {how}  wall {wall}\n"
@@ -373,8 +467,9 @@ def _summary_line(outcome: dict, metric: str) -> str:
             + "\n".join(f"  | {line}" for line in str(outcome.get("error", "")).splitlines()))
 
 
-def run_trials(study: Study, study_dir: Path, todo: list[Trial], args: argparse.Namespace) -> tuple[int, int]:
-    """Run the trials on Ray, one line per finished trial and a progress bar; returns (finished, failed)."""
+def run_trials(study: Study, study_dir: Path, todo: list[Trial], args: argparse.Namespace) -> dict[str, int]:
+    """Run the trials on Ray, one line per finished trial and a progress bar; returns the count per status
+    (finished, failed, held: run by another sweep of the study)."""
     import ray
     from tqdm import tqdm
 
@@ -410,7 +505,7 @@ def run_trials(study: Study, study_dir: Path, todo: list[Trial], args: argparse.
         print(f"{len(todo)} trials on {where} ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs: "
               f"up to {at_once} at a time); each trial's output: {study_dir}/<trial>/{TRIAL_LOG}", flush=True)
         metric = study.report.get("metric", "beta_vae")
-        finished = failed = 0
+        counts = {"finished": 0, "failed": 0, "held": 0}
         bar = tqdm(total=len(todo), desc=study.folder_name, unit="trial", dynamic_ncols=True)
         try:
             while pending:
@@ -424,25 +519,25 @@ def run_trials(study: Study, study_dir: Path, todo: list[Trial], args: argparse.
                     atomic_write(folder / "error.txt", lambda f, text=text: f.write(f"{text}\n".encode()))
                     outcome = {"name": trial.name, "folder": str(folder), "status": "failed",
                                "exit": type(err).__name__, "error": "\n".join(text.splitlines()[-15:])}
-                finished += outcome["status"] == "finished"
-                failed += outcome["status"] != "finished"
+                counts[outcome["status"]] += 1
                 bar.write(_summary_line(outcome, metric))
                 bar.update(1)
         except KeyboardInterrupt:
             bar.close()
-            stop_trials(list(pending), args.stop_timeout)
+            stop_trials(pending, study_dir, args.stop_timeout)
             raise
         bar.close()
-        return finished, failed
+        return counts
     finally:
-        if started:
-            ray.shutdown()
+        stop_ray(started)
 
 
-def stop_trials(refs: list, timeout: float) -> None:
-    """Ctrl-C: ask each running trial to stop (Ray delivers SIGINT; main.py saves a checkpoint), then wait."""
+def stop_trials(pending: dict, study_dir: Path, timeout: float) -> None:
+    """A stop signal: ask each running trial to stop (Ray delivers SIGINT; main.py saves a checkpoint), wait,
+    then say what each saved."""
     import ray
 
+    refs = list(pending)
     print(f"\nStopping: asking {len(refs)} unfinished trials to save a checkpoint (up to {timeout:g} s; "
           "Ctrl-C again to stop at once) ...", file=sys.stderr, flush=True)
     for ref in refs:
@@ -450,66 +545,122 @@ def stop_trials(refs: list, timeout: float) -> None:
             ray.cancel(ref)
     with contextlib.suppress(KeyboardInterrupt):
         ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    for trial in pending.values():
+        print(f"  {trial.name}: {_saved(trial_dir(study_dir, trial) / TRIAL_LOG)}", file=sys.stderr)
+
+
+def _saved(log_path: Path) -> str:
+    """What the trial's last attempt said about its stop (main.py's 'Received SIGINT at iteration N: ...')."""
+    try:
+        attempt = log_path.read_text(encoding="utf-8", errors="replace").rsplit("=== attempt", 1)[-1]
+    except OSError:
+        return "not started (nothing to save)"
+    said = [line.strip() for line in attempt.splitlines() if line.strip().startswith("Received ")]
+    return said[-1] if said else "no checkpoint saved by this stop (not started, or it had not answered in time)"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         study = load_study(args.study, args.scale, args.only)
+        study_dir = args.out_dir / study.folder_name
+        check_folders(study, study_dir)  # --dry_run too: it says what a real run would
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    study_dir = args.out_dir / study.folder_name
-    todo_all = [t for t in study.trials if t.selected and not is_finished(trial_dir(study_dir, t))]
+    todo = [t for t in study.trials if t.selected and not is_finished(trial_dir(study_dir, t))]
     if args.dry_run:
-        cuda = args.gpus_per_trial > 0
-        for trial in study.trials:
-            if not trial.selected:
-                continue
-            state = "to run" if trial in todo_all else "finished"
-            folder = trial_dir(study_dir, trial)
-            print(f"{trial.name} ({state}): python main.py "
-                  f"{' '.join(trial_argv(trial, folder, study.dataset, args.dset_dir, cuda))}")
-        print(f"{sum(t.selected for t in study.trials)} trials, {len(todo_all)} to run, in {study_dir}")
-        return 0
+        return dry_run(study, study_dir, todo, args)
+    if len(todo) > args.max_trials and not args.report_only:
+        print(f"error: {too_many(todo, args)} Nothing was started.", file=sys.stderr)
+        return 2
     try:
-        check_folders(study, study_dir)
+        with stop_on_signals():
+            return run_study(study, study_dir, todo, args)
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP: the trials were asked to save first
+        signum = stop_signal(stop)
+        print(f"Stopped by {signal.Signals(signum).name}. Run the same command again: finished trials are kept, "
+              "the others resume from their last checkpoint.", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            study_report.build_report(study_dir)
+        return 128 + signum
+    except OSError as err:  # a full disk or a read-only --out_dir
+        print(f"error: could not write {err.filename or args.out_dir} ({err.strerror or err}). Check that the "
+              "folder is writable and has free space (--out_dir for the study's files, --dset_dir for the data), "
+              "or pass another --out_dir; run the same command again then.", file=sys.stderr)
+        return 1
+
+
+def too_many(todo: list[Trial], args: argparse.Namespace) -> str:
+    return (f"{len(todo):,} trials to run, more than --max_trials {args.max_trials:,}: check the grids and seeds, "
+            f"or pass --max_trials {len(todo)} to run them all.")
+
+
+def dry_run(study: Study, study_dir: Path, todo: list[Trial], args: argparse.Namespace) -> int:
+    cuda = args.gpus_per_trial > 0
+    for trial in study.trials:
+        if not trial.selected:
+            continue
+        state = "to run" if trial in todo else "finished"
+        folder = trial_dir(study_dir, trial)
+        print(f"{trial.name} ({state}): python main.py "
+              f"{' '.join(trial_argv(trial, folder, study.dataset, args.dset_dir, cuda))}")
+    print(f"{sum(t.selected for t in study.trials)} trials, {len(todo)} to run, in {study_dir}")
+    if len(todo) > args.max_trials:
+        print(f"warning: {too_many(todo, args)}", file=sys.stderr)
+    return 0
+
+
+def check_subsets(study: Study, todo: list[Trial], dset_dir: Path) -> None:
+    """Values that only the data can refute, checked before Ray starts: a `subset` larger than the dataset."""
+    asked = {t.name: int(t.flags["subset"]) for t in todo if "subset" in t.flags}
+    if not asked:
+        return
+    import dataset as datasets
+
+    try:
+        images = len(datasets.load_dataset(datasets.DATASETS[study.dataset], dset_dir))
+    except datasets.DataError as err:
+        raise StudyError(str(err)) from None
+    too_large = [f"  {name}: subset {size:,}" for name, size in asked.items() if size > images]
+    if too_large:
+        raise StudyError(f"the dataset {study.dataset} at {dset_dir} has {images:,} images, fewer than these trials' "
+                         "`subset`:\n" + "\n".join(too_large) + f"\nLower `subset` in {study.path} to at most "
+                         f"{images:,}; nothing was started.")
+
+
+def run_study(study: Study, study_dir: Path, todo: list[Trial], args: argparse.Namespace) -> int:
     write_plan(study, study_dir)
-    if args.report_only or not todo_all:
+    if args.report_only or not todo:
         if not args.report_only:
             print(f"{study.folder_name}: all {sum(t.selected for t in study.trials)} trials finished earlier; "
                   "nothing to train.")
         paths = study_report.build_report(study_dir)
         print(f"Report: {paths['markdown']}")
         return 0
-
     selected = sum(t.selected for t in study.trials)
     left_out = f" ({len(study.trials) - selected} more left out by --only)" if selected < len(study.trials) else ""
-    print(f"{study.folder_name}: {selected} trials{left_out}, {selected - len(todo_all)} finished earlier, "
-          f"{len(todo_all)} to run, in {study_dir}", flush=True)
-    for trial in todo_all:
+    print(f"{study.folder_name}: {selected} trials{left_out}, {selected - len(todo)} finished earlier, "
+          f"{len(todo)} to run, in {study_dir}", flush=True)
+    prepare_data(study.dataset, args.dset_dir)
+    check_subsets(study, todo, args.dset_dir)
+    for trial in todo:
         write_json_if_changed(trial_dir(study_dir, trial) / "trial.json", trial_record(study, trial))
-    try:
-        prepare_data(study.dataset, args.dset_dir)
-        finished, failed = run_trials(study, study_dir, todo_all, args)
-    except StudyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("Stopped. Run the same command again: finished trials are kept, the others resume from their "
-              "last checkpoint.", file=sys.stderr)
-        with contextlib.suppress(Exception):
-            study_report.build_report(study_dir)
-        return 130
+    counts = run_trials(study, study_dir, todo, args)
     paths = study_report.build_report(study_dir)
-    print(f"{finished} trials finished, {failed} failed. Report: {paths['markdown']}")
-    if failed:
-        print(f"error: {failed} trials failed after their retries (see FAILED above); run the same command to "
-              "retry them once fixed.", file=sys.stderr)
+    held = f", {counts['held']} run by another sweep" if counts["held"] else ""
+    print(f"{counts['finished']} trials finished, {counts['failed']} failed{held}. Report: {paths['markdown']}")
+    if counts["failed"]:
+        print(f"error: {counts['failed']} trials failed after their retries (see FAILED above); run the same "
+              "command to retry them once fixed.", file=sys.stderr)
         return 1
+    if counts["held"]:
+        print(f"{counts['held']} trials are being run by another sweep of this study (see 'held' above); when it "
+              "ends, run the same command again to report them.", file=sys.stderr)
+        return EX_TEMPFAIL
     return 0
 
 

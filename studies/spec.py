@@ -137,6 +137,9 @@ class Study:
     scales: list[str] = field(default_factory=list)
 
 
+TRIAL_NAME_BYTES = 200  # main.NAME_BYTES: a trial's name is its --viz_name
+
+
 def _where(path: Path, line: int) -> str:
     return f"{path}:{line}"
 
@@ -334,6 +337,10 @@ def _scale_override(path: Path, doc: _Map, scale: str) -> tuple[list[str], _Map]
     """(every scale's name, the chosen scale's entries): they override the study's, key by key."""
     scales = _expect(path, doc.get("scales", _Map()), dict, doc.lines.get("scales", doc.line), "scales")
     scale_names = [FULL_SCALE] + [s for s in scales if s != FULL_SCALE]
+    for name in scale_names:  # a scale names the study's folder (<name>_<scale>): nothing may escape --out_dir
+        if not re.fullmatch(NAME_PATTERN, str(name)):
+            raise StudyError(f"{_where(path, scales.lines.get(name, doc.line))}: scale name {name!r} must be a plain "
+                             "folder name (letters, digits, '.', '_', '-')")
     if scale not in scale_names:
         raise StudyError(f"{path}: no scale {scale!r}; this study has: {', '.join(scale_names)}")
     override = scales.get(scale) or _Map()
@@ -459,6 +466,9 @@ def _entry_trials(settings: _Settings, entry: _Map, line: int, label: str, metho
         iterations = str(args.max_iter) if selected else format_value(settings.max_iter)
         for seed in settings.seeds:
             trial_name = "_".join([label, *(f"{k}{_name_part(v)}" for k, v in point.items()), f"seed{seed}"])
+            if len(trial_name.encode()) > TRIAL_NAME_BYTES:  # main.py's --viz_name limit
+                raise StudyError(f"{_where(path, line)}: trial name {trial_name[:60]}... is longer than "
+                                 f"{TRIAL_NAME_BYTES} bytes; shorten the label or the grid's keys")
             trials.append(Trial(name=trial_name, label=label, method=method or str(entry["method"]),
                                 params=dict(point), seed=seed, flags={"max_iter": iterations, **flags},
                                 line=line, selected=selected))

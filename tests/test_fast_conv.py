@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from hardware import fast_conv
 from model import build_model
-from speed import fast_conv
 
 # (C_in, C_out, kernel, stride, padding, input side, bias): the decoders' layers, phase forward or not.
 LAYERS = [

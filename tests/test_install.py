@@ -43,8 +43,8 @@ def test_each_installed_command_runs_from_anywhere(installed, command, words):
 
 def test_the_installed_package_holds_the_code_and_the_shipped_studies(installed):
     bin_dir, cwd = installed
-    script = ("import betavae, pathlib; from studies.names import STUDIES; import main, solver; "
-              "print(pathlib.Path(main.__file__).parent == pathlib.Path(betavae.__file__).parent, "
+    script = ("import betavae.cli, pathlib; from studies.names import STUDIES; import main, solver; "
+              "print(pathlib.Path(main.__file__).parent == pathlib.Path(betavae.cli.__file__).parent, "
               "sorted(p.name for p in STUDIES.glob('*.yaml')))")
     done = subprocess.run([str(bin_dir / "python"), "-c", script], capture_output=True, text=True, cwd=cwd, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -21,8 +21,8 @@ import torch
 from conftest import run_args, write_dsprites_npz
 
 from dataset import DSPRITES_FILE
+from hardware import precision
 from main import main
-from speed import precision
 
 ITERS = 120
 EMULATED_ITERS = 40  # bf16 variants on hardware that emulates bf16

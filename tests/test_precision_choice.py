@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import run_args
 
+from hardware import precision
+from hardware.precision import CpuFacts, choose
 from main import main
-from speed import precision
-from speed.precision import CpuFacts, choose
 from storage.checkpoint import load_checkpoint
 
 NATIVE = CpuFacts(avx512_bf16=True, amx=True, onednn_cap="", aten_capability="avx512")

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -229,3 +230,167 @@ def test_shipped_study_expands_at_both_scales(path):
         assert {t.label for t in study.trials if t.selected} == set(known)
         # Entries left out by --only are still planned, so the report lists them as not run.
         assert {t.label for t in study.trials} == {str(e.get("label", e["method"])).lower() for e in entries}
+
+
+# --------------------------------------------------------------------------- reliability, third round (issue 24)
+
+
+def used_folder(workdir: Path, study: str, trial: str) -> Path:
+    """A trial folder that a run has used: a checkpoint folder and a log."""
+    folder = workdir / "sweeps" / study / trial
+    (folder / "checkpoints" / trial).mkdir(parents=True)
+    (folder / "train.log").write_text("=== attempt 1\n")
+    return folder
+
+
+@pytest.mark.parametrize("record, words", [
+    (None, "trial.json is missing"),
+    ("[]", "trial.json is unreadable or not a trial record"),
+    ("{not json", "trial.json is unreadable or not a trial record"),
+])
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry_run"])
+def test_a_used_trial_folder_without_a_readable_record_is_refused(tmp_path, capsys, record, words, dry_run):
+    study = write_study(tmp_path, "norecord", "seeds: [0]\nmethods:\n  - method: H\n")
+    folder = used_folder(tmp_path, "norecord", "h_seed0")
+    sweep.write_json(folder / "result.json", {"status": "finished", "scores": {}})  # finished at another max_iter
+    if record is not None:
+        (folder / "trial.json").write_text(record)
+    assert sweep.main([str(study), "--out_dir", str(tmp_path / "sweeps"), *(["--dry_run"] * dry_run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'trial.json'}" in err and words in err and "nothing was started" in err
+
+
+def test_dry_run_reports_a_changed_study_as_the_real_run_does(tmp_path, capsys):
+    study = write_study(tmp_path, "changed", "seeds: [0]\nmethods:\n  - method: H\n")
+    folder = used_folder(tmp_path, "changed", "h_seed0")
+    record = sweep.trial_record(spec.load_study(study), spec.load_study(study).trials[0])
+    sweep.write_json(folder / "trial.json", {**record, "flags": {**record["flags"], "max_iter": "80"}})
+    sweep.write_json(folder / "result.json", {"status": "finished", "scores": {}})
+    for extra in (["--dry_run"], []):
+        assert sweep.main([str(study), "--out_dir", str(tmp_path / "sweeps"), *extra]) == 2
+        assert "max_iter: 80 -> 20" in capsys.readouterr().err
+
+
+def test_a_damaged_result_is_reported_not_taken_for_unfinished(tmp_path, capsys):
+    study = write_study(tmp_path, "damaged", "seeds: [0]\nmethods:\n  - method: H\n")
+    folder = used_folder(tmp_path, "damaged", "h_seed0")
+    loaded = spec.load_study(study)
+    sweep.write_json(folder / "trial.json", sweep.trial_record(loaded, loaded.trials[0]))
+    (folder / "result.json").write_text('{"status": "fini')
+    assert sweep.main([str(study), "--out_dir", str(tmp_path / "sweeps")]) == 2
+    assert f"{folder / 'result.json'} is damaged" in capsys.readouterr().err
+
+
+def test_a_scale_name_that_would_leave_out_dir_is_refused(tmp_path, capsys):
+    study = write_study(tmp_path, "escape", "seeds: [0]\nmethods:\n  - method: H\nscales:\n"
+                                           "  x/../../../elsewhere:\n    max_iter: 10\n")
+    assert sweep.main([str(study), "--scale", "x/../../../elsewhere", "--out_dir", str(tmp_path / "sweeps")]) == 2
+    err = capsys.readouterr().err
+    assert f"{study}:9:" in err and "scale name 'x/../../../elsewhere' must be a plain folder name" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["escape.yaml"]
+
+
+def test_an_unwritable_out_dir_is_a_message_not_a_traceback(tmp_path, capsys):
+    study = write_study(tmp_path, "nowhere", "seeds: [0]\nmethods:\n  - method: H\n")
+    (tmp_path / "file").write_text("not a folder")
+    assert sweep.main([str(study), "--out_dir", str(tmp_path / "file")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: could not write {tmp_path / 'file'}" in err and "--out_dir" in err and "Traceback" not in err
+
+
+def test_a_subset_larger_than_the_data_is_caught_before_ray(workdir, monkeypatch, capsys):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("Ray was started for trials that cannot run")
+
+    monkeypatch.setattr(sweep, "start_ray", must_not_run)
+    study = write_study(workdir, "subset", "seeds: [0]\nmethods:\n  - method: H\n    grid: {subset: [100, 1000]}\n")
+    assert run(workdir, study) == 2
+    err = capsys.readouterr().err
+    assert "has 256 images, fewer than these trials' `subset`" in err and "h_subset1000_seed0: subset 1,000" in err
+    assert "h_subset100_seed0" not in err
+
+
+def test_a_huge_grid_needs_max_trials(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep, "start_ray", lambda args: pytest.fail("a 1,100-trial grid started Ray"))
+    betas = ", ".join(str(b) for b in range(100))
+    study = write_study(tmp_path, "huge", f"seeds: [{', '.join(map(str, range(11)))}]\nmethods:\n  - method: H\n"
+                                         f"    grid: {{beta: [{betas}]}}\n")
+    assert sweep.main([str(study), "--out_dir", str(tmp_path / "sweeps")]) == 2
+    assert "1,100 trials to run, more than --max_trials 1,000" in capsys.readouterr().err
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_trial_held_by_another_sweep_is_said_so_not_failed(ray_cluster, workdir, capsys):
+    from storage.runlock import RunLock
+
+    study = write_study(workdir, "twice", "seeds: [0]\nmethods:\n  - method: H\n")
+    folder = workdir / "sweeps" / "twice" / "h_seed0"
+    with RunLock(folder, what="sweep"):  # the other sweep, running this trial
+        assert run(workdir, study) == sweep.EX_TEMPFAIL
+    out, err = capsys.readouterr()
+    assert f"held     h_seed0  by another sweep of this study (PID {os.getpid()}" in out and "FAILED" not in out
+    assert "being run by another sweep of this study" in err
+    assert not (folder / "checkpoints").exists()
+
+
+def test_sigterm_to_the_sweep_stops_its_trials_after_they_save_and_exits_143(ray_cluster, workdir, monkeypatch,
+                                                                           capsys):
+    import threading
+    import time
+
+    study = workdir / "sigterm.yaml"
+    study.write_text(f"name: sigterm\ndataset: dsprites\nmax_iter: 1000000\n{FLAGS}\nseeds: [0]\n"
+                     "methods:\n  - method: H\n")
+    last = workdir / "sweeps" / "sigterm" / "h_seed0" / "checkpoints" / "h_seed0" / "last"
+    shutdowns = []
+    monkeypatch.setattr(sweep, "start_ray", lambda args: True)  # as if this sweep had started the Ray it uses
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(True))
+
+    def terminate_after_the_first_checkpoint():
+        deadline = time.monotonic() + 120
+        while not last.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_after_the_first_checkpoint, daemon=True).start()
+    assert run(workdir, study) == 143
+    err = capsys.readouterr().err
+    saved = re.search(r"h_seed0: Received SIGINT at iteration (\d+): checkpoint saved to (\S+)\.", err)
+    assert saved, err
+    assert "Stopped by SIGTERM" in err and shutdowns == [True]
+    from storage.checkpoint import load_checkpoint
+
+    assert load_checkpoint(last)["iter"] == int(saved.group(1)) >= 5
+
+
+def test_a_killed_sweep_leaves_no_ray_process_behind(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from studies import reaper
+
+    driver = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom studies import runner\n"
+                               "runner.start_ray(runner.parse_args(['x.yaml', '--num_cpus', '1']))\n"
+                               "print('up', flush=True)\ntime.sleep(300)\n"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        assert driver.stdout.readline().strip() == "up"
+        processes = reaper.ray_processes(driver.pid)
+        names = " ".join(Path(f"/proc/{pid}/cmdline").read_text() for pid, _ in processes)
+        assert "raylet" in names and "agent" in names.lower()
+    finally:
+        driver.kill()
+        driver.wait()
+    def alive(pid: int, start: int) -> bool:  # the same process (not a reused PID), and not a zombie
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return False
+        return int(fields[19]) == start and fields[0] != "Z"
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(*p) for p in processes):
+        time.sleep(0.2)
+    left = [pid for pid, start in processes if alive(pid, start)]
+    assert not left, f"{len(left)} Ray processes outlived the killed sweep by 10 s"
