@@ -45,6 +45,7 @@ class RunLock:
         self.folders = sorted({Path(f).resolve() for f in folders})
         self.what = what
         self._files: list = []
+        self._created: set[Path] = set()  # folders this lock made: removed again if the run leaves nothing else
 
     def __enter__(self) -> "RunLock":
         try:
@@ -82,12 +83,24 @@ class RunLock:
                   "the next save).", file=sys.stderr, flush=True)
 
     def release(self) -> None:
+        """Unlock; a folder this run created and left holding only its lock file (a run that stopped before
+        writing anything, e.g. at data loading) is removed, so a failed start leaves no empty run folders."""
+        for folder in sorted(self._created, reverse=True):
+            try:
+                if [entry.name for entry in folder.iterdir()] == [LOCK_NAME]:
+                    (folder / LOCK_NAME).unlink()  # still locked by us: no other run can hold it meanwhile
+                    folder.rmdir()
+            except OSError:
+                pass  # someone else's file appeared, or the folder is gone: leave it as it is
+        self._created.clear()
         for f in self._files:
             f.close()  # closing the file releases its flock
         self._files.clear()
 
     def _lock(self, folder: Path):
         try:
+            if not folder.exists():
+                self._created.add(folder)
             folder.mkdir(parents=True, exist_ok=True)
             f = open(folder / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run's life
         except OSError as err:

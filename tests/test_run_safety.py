@@ -282,3 +282,12 @@ def test_atomically_written_files_get_the_usual_permissions(tmp_path):
         assert (tmp_path / "new").stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
     finally:
         os.umask(old)
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folders_behind(tmp_path, capsys):
+    empty = tmp_path / "empty"  # a dataset folder without the dSprites file: it fails at data loading
+    (empty / "dsprites-dataset").mkdir(parents=True)
+    (empty / "dsprites-dataset" / "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz").write_bytes(b"not a zip")
+    assert main(run_args(tmp_path, empty, "--viz_name", "nodata")) == 1
+    assert "dsprites" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints" / "nodata").exists() and not (tmp_path / "outputs" / "nodata").exists()
