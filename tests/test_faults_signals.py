@@ -117,9 +117,9 @@ def test_a_run_whose_deleted_folder_another_run_took_stops_without_writing_there
     argv = run_args(tmp_path, tiny_dsprites, *QUICK, "--viz_name", "taken", "--max_iter", "6", "--save_step", "2")
     try:
         assert main(argv) == 1
+        assert sorted(p.name for p in ckpt.iterdir()) == [LOCK_NAME]  # the other run's folder is untouched
     finally:
         other.release()
     err = capsys.readouterr().err
     assert f"{ckpt.resolve()} was deleted or replaced while this run was using it" in err
     assert "stopped without writing there again" in err
-    assert sorted(p.name for p in ckpt.iterdir()) == [LOCK_NAME]  # the other run's folder is untouched
