@@ -85,9 +85,12 @@ class RunLock:
     def release(self) -> None:
         """Unlock; a folder this run created and left holding only its lock file (a run that stopped before
         writing anything, e.g. at data loading) is removed, so a failed start leaves no empty run folders."""
-        for folder in sorted(self._created, reverse=True):
+        for folder, held in zip(self.folders, self._files, strict=False):
+            if folder not in self._created:
+                continue
             try:
-                if [entry.name for entry in folder.iterdir()] == [LOCK_NAME]:
+                ours = os.path.samestat(os.stat(folder / LOCK_NAME), os.fstat(held.fileno()))
+                if ours and [entry.name for entry in folder.iterdir()] == [LOCK_NAME]:
                     (folder / LOCK_NAME).unlink()  # still locked by us: no other run can hold it meanwhile
                     folder.rmdir()
             except OSError:
