@@ -91,10 +91,14 @@ def card_text(facts: dict, full_txt: str | None, curves: list[str], pictures: li
              f"| machine | {facts['machine']} |",
              f"| precision | {facts['precision']} |",
              f"| checkpoint | `last`, {facts['checkpoint_mib']:.1f} MiB, with the optimiser state |", ""]
-    lines += ["Continue or fine-tune it: copy `last` to `checkpoints/<name>/` and run the command again "
-              "(or add `--ckpt_dir pretrained` to the command). Show it on your machine (traversals, "
-              f"reconstructions and scores, into `outputs/{facts['name']}/from_checkpoint/`):", "",
-              f"    {facts['show']}", ""]
+    name = facts["name"]
+    lines += [f"Show it on your machine (traversals, reconstructions and scores, into "
+              f"`outputs/{name}/from_checkpoint/`):", "", f"    {facts['show']}", "",
+              "Continue or fine-tune it exactly where it stopped (the log too, so the curves go on):", "",
+              f"    mkdir -p checkpoints/{name} outputs/{name}",
+              f"    cp pretrained/{name}/last checkpoints/{name}/last",
+              f"    cp pretrained/{name}/metrics.jsonl outputs/{name}/metrics.jsonl",
+              f"    {facts['command']}", ""]
     if full_txt:
         lines += ["## Scores and latent report (full protocol)", "", *_score_table(facts["full"]), "",
                   "```text", full_txt.strip(), "```", ""]
