@@ -1,5 +1,8 @@
 """Datasets: one table of facts, the dSprites and image-folder loaders, and the batch order.
 
+The datasets with a full factor grid beside dSprites (Shapes3D, MPI3D toy/realistic/real, Cars3D, SmallNORB) are read
+by loaders/ (one file per family, docs/datasets.md) into the same interface.
+
 dSprites is held in memory bit-packed (737,280 × 64 × 8 bytes = 360 MiB, against
 11.25 GiB as float32) and unpacked to float per batch, on whatever device the
 batch is drawn on. Image folders (CelebA, 3DChairs, or any folder with --dataset folder)
@@ -54,7 +57,7 @@ class DatasetSpec:
     distribution: str  # decoder likelihood: 'bernoulli' or 'gaussian' ('': by channels, DISTRIBUTION_FOR_CHANNELS)
     relpath: str  # file or folder under --dset_dir ('': --dset_dir itself)
     source: str  # where a user gets the data
-    kind: str  # 'dsprites' (one npz) or 'folder' (images found recursively)
+    kind: str  # 'dsprites' (one npz), 'folder' (images found recursively), or a factor-grid loader in GRID_KINDS
     # Images whose traversals are drawn at every display step, by dataset index.
     traverse_indices: dict = field(default_factory=dict)
     subset: int | None = None  # --subset: train on this many images, drawn with subset_seed (None: all)
@@ -73,6 +76,42 @@ DATASETS: dict[str, DatasetSpec] = {
         source="https://github.com/deepmind/dsprites-dataset (generated locally when missing)",
         kind="dsprites",
         traverse_indices={"fixed_square": 87040, "fixed_ellipse": 332800, "fixed_heart": 578560},
+    ),
+    "shapes3d": DatasetSpec(
+        name="shapes3d",
+        nc=3,
+        distribution="bernoulli",  # disentanglement_lib's likelihood on every dataset
+        relpath="3dshapes/3dshapes.h5",
+        source="https://github.com/deepmind/3d-shapes (3dshapes.h5)",
+        kind="shapes3d",
+        traverse_indices={"fixed_img": 0, "fixed_img2": 239_999},
+    ),
+    **{f"mpi3d_{variant}": DatasetSpec(
+        name=f"mpi3d_{variant}",
+        nc=3,
+        distribution="bernoulli",
+        relpath=f"mpi3d_{variant}/mpi3d_{variant}.npz",
+        source=f"https://github.com/rr-learning/disentanglement_dataset (mpi3d_{variant}.npz, 12.7 GB)",
+        kind="mpi3d",
+        traverse_indices={"fixed_img": 0, "fixed_img2": 518_420},
+    ) for variant in ("toy", "realistic", "real")},
+    "cars3d": DatasetSpec(
+        name="cars3d",
+        nc=3,
+        distribution="bernoulli",
+        relpath="cars",
+        source="http://www.scottreed.info (the analogy data's cars folder: 183 .mat files)",
+        kind="cars3d",
+        traverse_indices={"fixed_img": 0, "fixed_img2": 8_784},
+    ),
+    "smallnorb": DatasetSpec(
+        name="smallnorb",
+        nc=1,
+        distribution="bernoulli",
+        relpath="small_norb",
+        source="https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/ (the six -dat, -cat, -info files, gunzipped)",
+        kind="smallnorb",
+        traverse_indices={"fixed_img": 0, "fixed_img2": 24_300},
     ),
     "celeba": DatasetSpec(
         name="celeba",
@@ -110,8 +149,9 @@ def dataset_spec(args) -> DatasetSpec:
     A folder's channels, when --channels does not give them, are detected from its images."""
     spec = DATASETS[args.dataset]
     channels = getattr(args, "channels", None) or spec.nc or detect_channels(spec, spec.path(args.dset_dir))
-    if spec.kind == "dsprites" and channels != 1:
-        raise DataError(f"--channels {channels}: dSprites images have one channel; leave --channels out or pass 1.")
+    if spec.kind != "folder" and channels != spec.nc:
+        label, count = {"dsprites": "dSprites"}.get(spec.name, spec.name), {1: "one channel"}.get(spec.nc, "3 channels")
+        raise DataError(f"--channels {channels}: {label} images have {count}; leave --channels out or pass {spec.nc}.")
     distribution = getattr(args, "distribution", None) or spec.distribution or DISTRIBUTION_FOR_CHANNELS[channels]
     return replace(spec, nc=channels, distribution=distribution, subset=getattr(args, "subset", None),
                    subset_seed=args.seed)
@@ -130,6 +170,7 @@ class DSprites:
     """
 
     nc = 1
+    in_memory = True  # batches are gathered by index, without DataLoader workers
     scale = 1.0  # uint8 value -> float in [0, 1]
     factor_names = ("shape", "scale", "orientation", "posX", "posY")
     factor_sizes = (3, 6, 40, 32, 32)  # colour (size 1) is not a factor
@@ -166,6 +207,10 @@ class DSprites:
         if not self.has_factors:
             raise DataError("this dSprites file does not hold the full factor grid in canonical order")
         return torch.from_numpy(np.asarray(factors, dtype=np.int64) @ self._strides)
+
+    def factors_of(self, indices) -> np.ndarray:
+        """(n,) dataset indices -> (n, 5) factor classes (colour, always 0, left out)."""
+        return self.latents_classes[np.asarray(indices)][:, 1:]
 
     def images_for_factors(self, factors: np.ndarray) -> torch.Tensor:
         """(n, 5) factor classes -> float images (n, 1, 64, 64) in [0, 1]."""
@@ -437,11 +482,31 @@ def load_dataset(spec: DatasetSpec, dset_dir: str | Path):
     if spec.kind == "dsprites":
         ensure_dsprites(path)
         data = load_dsprites(path)
+    elif spec.kind in GRID_KINDS:
+        data = load_grid(spec, path)
     elif not path.is_dir():
         raise missing_folder(spec, path)
     else:
         data = ImageFolder(path, channels=spec.nc or detect_channels(spec, path))
     return Subset(data, spec.subset, spec.subset_seed) if spec.subset else data
+
+
+def load_grid(spec: DatasetSpec, path: Path):
+    """A factor-grid dataset (loaders/): Shapes3D, MPI3D, Cars3D or SmallNORB."""
+    if spec.kind == "shapes3d":
+        from loaders.shapes3d import load_shapes3d
+        return load_shapes3d(path)
+    if spec.kind == "smallnorb":
+        from loaders.smallnorb import load_smallnorb
+        return load_smallnorb(path)
+    if spec.kind == "mpi3d":
+        from loaders.mpi3d import load_mpi3d
+        return load_mpi3d(path, spec.name.removeprefix("mpi3d_"))
+    from loaders.cars3d import load_cars3d
+    return load_cars3d(path)
+
+
+GRID_KINDS = ("shapes3d", "mpi3d", "cars3d", "smallnorb")
 
 
 # --------------------------------------------------------------------------- batch order
@@ -483,9 +548,10 @@ def batches(data, order: BatchOrder, start_step: int, device: torch.device, num_
     In-memory data is gathered by index directly (no worker processes, no per-image
     collation); folder data is decoded by DataLoader workers in the same order.
     """
-    if isinstance(getattr(data, "full", data), DSprites):  # in memory, a subset of it too
+    if getattr(getattr(data, "full", data), "in_memory", False):  # in memory, a subset of it too
         for step in range(start_step, 2**62):
-            yield data.get(order.indices(step)).to(device, non_blocking=True).float()
+            x = data.get(order.indices(step)).to(device, non_blocking=True).float()
+            yield x if data.scale == 1.0 else x.mul_(data.scale)  # uint8 0..255 (Shapes3D, MPI3D, Cars3D) -> [0, 1]
         return
     loader = torch.utils.data.DataLoader(
         data,

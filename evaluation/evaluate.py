@@ -11,6 +11,9 @@ Used by `python main.py --train False --eval_metrics True` and by `--eval_step N
     eval_<iter>.txt                           the same, readable
     eval_<iter>_dci_importance.png            heatmaps, latents z0.. × factors (data with factors only)
     eval_<iter>_mutual_information.png
+    eval_<iter>_udr_sample.npz                codes (and per-latent KL) of UDR's 1,000 images, drawn from the
+                                              protocol seed: studies/report.py scores the models of a setting
+                                              against each other with them (UDR, udr.py)
 
 A run at `scale` other than 1 writes eval_<iter>_scale<scale>.* instead, marked as not comparable with
 published numbers.
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from evaluation import metrics, sparse_encoder
+from evaluation import metrics, sparse_encoder, udr
 from utils import atomic_write, autocast
 
 REPORT_IMAGES = 10_000  # images behind the latent report at scale 1 (fewer at smaller scales, at least 1,000)
@@ -53,6 +56,8 @@ class IndexedFactors:
     def __init__(self, data):
         self.data = data
         self.factor_names, self.factor_sizes = data.factor_names, data.factor_sizes
+        if hasattr(data, "observe"):  # observations that draw random numbers (SmallNORB): metrics.observe
+            self.observe = data.observe
 
     def sample_factors(self, n: int, rng: np.random.RandomState) -> np.ndarray:
         return self.data.sample_factors(n, rng)
@@ -145,6 +150,27 @@ def report_indices(num_images: int, seed: int, scale: float) -> torch.Tensor:
     return torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))[:count]
 
 
+def udr_indices(data, seed: int) -> torch.Tensor:
+    """The images of UDR's sample, (udr.NUM_POINTS,) dataset indices drawn from RandomState(seed): by their
+    factors, in the library's batches of 10, where the data has factors; uniformly otherwise. Every model
+    evaluated with the same protocol seed on the same data gets the same images."""
+    rng = np.random.RandomState(seed)
+    if getattr(data, "has_factors", False):
+        return data.indices_for_factors(udr.sample_factor_batches(data, rng))
+    return torch.from_numpy(rng.randint(len(data), size=udr.NUM_POINTS).astype(np.int64))
+
+
+def write_udr_sample(path: Path, cache: "CodeCache", indices: torch.Tensor) -> None:
+    """codes (n, z) and, for an encoder with a posterior, each latent's mean KL (z,) on those images (n,)."""
+    arrays = {"indices": indices.numpy(), "codes": cache.codes[indices].numpy()}
+    if cache.logvar is not None:
+        logvar = cache.logvar[indices].double().numpy()
+        arrays["kl"] = (0.5 * (arrays["codes"].astype(np.float64) ** 2 + np.exp(logvar) - logvar - 1)).mean(axis=0)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
 def evaluate(encoder, data, device: torch.device, step: int, out_dir: Path, seed: int = 0,
              scale: float = 1.0, autocast_dtype: torch.dtype | None = None, dci_estimator: str = "gbt",
              provenance: dict | None = None, progress: bool = True) -> dict:
@@ -165,15 +191,16 @@ def evaluate(encoder, data, device: torch.device, step: int, out_dir: Path, seed
     cache = CodeCache(encoder, data, device, autocast_dtype, progress=progress)
     ground_truth = IndexedFactors(data) if has_factors else None
     reported = report_indices(len(data), seed, scale)
+    udr_sample = udr_indices(data, seed)
 
     # Encoding: every image the protocol will ask for, once, in index order.
     if has_factors and metrics.images_drawn(scale) >= len(data):
         needed = torch.arange(len(data))  # the protocol touches nearly every image
     elif has_factors:
         drawn = [ground_truth.images_for_factors(f) for f in metrics.protocol_draws(ground_truth, seed, scale)]
-        needed = torch.cat(drawn + [reported])
+        needed = torch.cat(drawn + [reported, udr_sample])
     else:
-        needed = reported
+        needed = torch.cat([reported, udr_sample])
     cache.encode(needed)
     encoding_seconds = time.perf_counter() - start
 
@@ -183,7 +210,7 @@ def evaluate(encoder, data, device: torch.device, step: int, out_dir: Path, seed
                                                 dci_estimator=dci_estimator, progress=progress)
     report_start = time.perf_counter()
     with tqdm(total=1, desc="latent report", leave=False, disable=not progress) as bar:
-        factors = data.latents_classes[reported.numpy()][:, 1:] if has_factors else None
+        factors = _factors_of(data, reported.numpy()) if has_factors else None
         result["latents"] = metrics.latent_report(
             cache.codes[reported].numpy(), None if cache.logvar is None else cache.logvar[reported].numpy(),
             factors, getattr(data, "factor_names", None))
@@ -202,11 +229,20 @@ def evaluate(encoder, data, device: torch.device, step: int, out_dir: Path, seed
     result["provenance"] = _provenance(provenance or {}, cache, data, device, step, seed, scale,
                                        autocast_dtype, dci_estimator, len(reported))
     write_result(result, Path(out_dir), step, scale)
+    write_udr_sample(Path(out_dir) / f"{result_stem(step, scale)}_udr_sample.npz", cache, udr_sample)
     tqdm.write(format_result(result))
     return result
 
 
 # ----------------------------------------------------------------------------------------- result parts
+
+
+def _factors_of(data, indices: np.ndarray) -> np.ndarray:
+    """(n,) dataset indices -> (n, F) factor classes: the dataset's factors_of, or, for a dSprites-like object
+    without one, its latents_classes less the leading colour column."""
+    if hasattr(data, "factors_of"):
+        return data.factors_of(indices)
+    return data.latents_classes[indices][:, 1:]
 
 
 def _matrices(scores: dict, z_dim: int, factor_names) -> dict:
@@ -239,6 +275,8 @@ def _provenance(given: dict, cache: CodeCache, data, device: torch.device, step:
             "sample_counts": counts, "dci_estimator": dci_estimator, "latent_report_images": report_images,
             "images_drawn": metrics.images_drawn(scale) if getattr(data, "has_factors", False) else 0,
             "images_encoded": cache.encoded, "seed": seed,
+            "udr_sample": {"images": udr.NUM_POINTS, "batch_size": udr.BATCH_SIZE,
+                           "file": f"{result_stem(step, scale)}_udr_sample.npz"},
         },
         "precision": {"used": precision, "reason": given.get("precision_reason"),
                       "last_layer": "fp32 (the codes are not rounded to bf16)" if cache.sparse is not None
@@ -275,6 +313,9 @@ def _dataset_identity(path, data) -> dict:
     if not path:
         return {"origin": None, "fingerprint": None}
     path = Path(path)
+    if path.is_file() and not hasattr(data, "latents_classes"):  # Shapes3D, MPI3D: the official file, checked
+        return {"origin": "the file as given (its format checked when loaded)",
+                "fingerprint": {"sha256": _file_sha256(path), "of": "the file"}}
     if path.is_file():
         from loaders import dsprites_gen
         generated = dsprites_gen.is_generated(path)
@@ -395,7 +436,8 @@ def _provenance_text(prov: dict) -> str:
         f"(z_dim {prov['encoder']['z_dim']}, {'with' if prov['encoder']['has_logvar'] else 'no'} posterior variance)",
         f"precision: {prov['precision']['used']}" + (f" ({prov['precision']['reason']})"
                                                    if prov["precision"].get("reason") else ""),
-        f"seed: {prov['seed']}; protocol seed {protocol['seed']}",
+        f"seed: {prov['seed']} (training); protocol seed {protocol['seed']} (--eval_seed: every score's draws, "
+        "the latent report's and UDR's images)",
         f"dataset: {dataset.get('name') or '-'} at {dataset.get('path') or '-'}, {dataset['images']:,} images, "
         f"{dataset.get('origin') or 'origin unknown'}"
         + (f", sha256 {fingerprint['sha256']} of {fingerprint['of']}" if fingerprint else ""),

@@ -16,8 +16,21 @@ one ordered pass (evaluate.py does).
     MIG             (Chen et al. 2018)       mig
     DCI             (Eastwood & Williams 18) dci
     SAP             (Kumar et al. 2018)      sap
+    IRS             (Suter et al. 2019)      irs_score            (irs.py)
+    modularity and explicitness
+                    (Ridgeway & Mozer 2018)  modularity_score     (modularity.py)
+    Gaussian total and Wasserstein correlation, mutual-information score
+                    (disentanglement_lib)    unsupervised_score   (unsupervised.py)
 
-``evaluate_all`` runs the five with timings, ``summary_scores`` flattens the
+UDR (Duan et al. 2020) compares several models, so it is computed across a study's models
+(udr.py, studies/report.py), not here.
+
+Every score draws its points exactly as the library does for the same RandomState: BetaVAE and
+FactorVAE batch by batch, the others through ``batched_factors`` (16 points at a time, the library's
+``generate_batch_factor_code``).  docs/evaluation.md lists which scikit-learn defaults each score
+reproduces.
+
+``evaluate_all`` runs them all with timings, ``summary_scores`` flattens the
 result, ``format_table`` prints it, and ``latent_report`` describes each
 latent (KL and posterior variance when the encoder has a posterior, the
 code's variance over data, active flag, best-matching factor) for sorting
@@ -39,7 +52,7 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from evaluation import discrete, gbt
+from evaluation import discrete, gbt, irs, modularity, unsupervised
 
 
 class GroundTruth(Protocol):
@@ -52,12 +65,19 @@ class GroundTruth(Protocol):
         """(n, F) int64 class index of every factor."""
 
     def images_for_factors(self, factors: np.ndarray) -> Any:
-        """(n, F) factor indices -> (n, C, 64, 64) float tensor in [0, 1]."""
+        """(n, F) factor indices (or the rows ``observe`` returns) -> (n, C, 64, 64) float tensor in [0, 1]."""
+
+    # Optional: observe(factors (n, F), rng) -> (n, F + k) rows, for a data set whose
+    # ``sample_observations_from_factors`` draws random numbers of its own (SmallNORB's instance):
+    # the factors followed by what it drew.  See ``observe`` below.
 
 
 # images -> (n, z) codes; the encoder mean.
 Represent = Callable[[Any], np.ndarray]
 
+# Points per batch of disentanglement_lib's generate_batch_factor_code (MIG, DCI, SAP, IRS, modularity,
+# the unsupervised scores): its metrics' default ``batch_size=16``.
+DLIB_POINT_BATCH = 16
 # Most images rendered and encoded in one call, to bound memory.
 REPRESENT_BATCH = 1000
 # BetaVAE/FactorVAE training points generated per block (each needs one or
@@ -96,6 +116,36 @@ def _blocks(num_points: int):
         yield min(_POINTS_PER_BLOCK, num_points - start)
 
 
+def observe(gt: GroundTruth, factors: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+    """What disentanglement_lib's ``sample_observations_from_factors`` draws, in its place in the order:
+    rows (n, F + k) of the factors followed by the k columns it drew (SmallNORB: the instance), or the
+    factors themselves for a data set that draws nothing there (``gt`` without ``observe``).  Images are
+    rendered from these rows; the scores' labels are their first F columns (``labels``)."""
+    return gt.observe(factors, rng) if hasattr(gt, "observe") else factors
+
+
+def labels(gt: GroundTruth, rows: np.ndarray) -> np.ndarray:
+    """(n, F + k) rows -> (n, F): the ground-truth factors the scores predict."""
+    return rows[:, :len(gt.factor_sizes)]
+
+
+def batched_factors(gt: GroundTruth, rng: np.random.RandomState, num_points: int,
+                    batch_size: int = DLIB_POINT_BATCH) -> np.ndarray:
+    """(num_points, F) factors drawn as disentanglement_lib's ``utils.generate_batch_factor_code`` draws
+    them: ``batch_size`` points at a time, each batch ``sample_factors(b, rng)`` (one randint per factor)
+    followed by ``sample_observations_from_factors(factors, rng)``.
+
+    The second call draws nothing on most data sets: dSprites completes its factors with the one-valued
+    colour factor through ``randint(1, size=b)``, which NumPy answers without touching the state
+    (tests/test_metrics_more.py checks this), and Shapes3D, MPI3D and Cars3D have no factor outside the
+    latent ones.  SmallNORB draws each image's instance there (``observe``).  Returns the rows of
+    ``observe``: (num_points, F), or (num_points, F + k) with what the observations drew."""
+    if num_points == 0:
+        return observe(gt, np.zeros((0, len(gt.factor_sizes)), dtype=np.int64), rng)
+    return np.concatenate([observe(gt, gt.sample_factors(min(batch_size, num_points - start), rng), rng)
+                           for start in range(0, num_points, batch_size)])
+
+
 # --------------------------------------------------------------------------
 # BetaVAE score
 
@@ -114,8 +164,8 @@ def _beta_vae_factor_pairs(gt, rng, batch_size, num_points):
         factors1 = gt.sample_factors(batch_size, rng)
         factors2 = gt.sample_factors(batch_size, rng)
         factors2[:, labels[i]] = factors1[:, labels[i]]
-        first.append(factors1)
-        second.append(factors2)
+        first.append(observe(gt, factors1, rng))  # the library renders batch 1, then batch 2
+        second.append(observe(gt, factors2, rng))
     return labels, np.concatenate(first), np.concatenate(second)
 
 
@@ -191,13 +241,15 @@ def _factor_vae_vote_draws(gt, rng, batch_size, num_votes):
         fixed[i] = rng.randint(len(gt.factor_sizes))
         factors = gt.sample_factors(batch_size, rng)
         factors[:, fixed[i]] = factors[0, fixed[i]]
-        batches.append(factors)
-    return fixed, np.concatenate(batches) if batches else np.zeros((0, len(gt.factor_sizes)), np.int64)
+        batches.append(observe(gt, factors, rng))
+    if not batches:
+        return fixed, observe(gt, np.zeros((0, len(gt.factor_sizes)), np.int64), rng)
+    return fixed, np.concatenate(batches)
 
 
 def _factor_vae_draws(gt, rng, batch_size, num_train, num_eval, num_variance_estimate) -> dict:
     """Every random draw of the FactorVAE score, in the library's order."""
-    return {"variance": gt.sample_factors(num_variance_estimate, rng),
+    return {"variance": observe(gt, gt.sample_factors(num_variance_estimate, rng), rng),
             "train": _factor_vae_vote_draws(gt, rng, batch_size, num_train),
             "eval": _factor_vae_vote_draws(gt, rng, batch_size, num_eval)}
 
@@ -276,12 +328,12 @@ def mig(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
     Returns {'score', 'per_factor': {name: gap}, 'mutual_information': (z, F)
     nested list in nats, 'factor_entropy': (F,)}.
     """
-    return _mig_score(gt, represent, {"train": gt.sample_factors(num_train, rng)}, num_bins, bar)
+    return _mig_score(gt, represent, {"train": batched_factors(gt, rng, num_train)}, num_bins, bar)
 
 
 def _mig_score(gt, represent, draws, num_bins=20, bar=None) -> dict:
-    factors = draws["train"]
-    codes = _codes_for(gt, represent, factors)
+    codes = _codes_for(gt, represent, draws["train"])
+    factors = labels(gt, draws["train"])
     _advance(bar, len(codes))
     mi = _mutual_info_matrix(_histogram_discretize(codes, num_bins), factors)
     entropy = _factor_entropies(factors)
@@ -430,14 +482,16 @@ def dci(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
 
 def _train_test_draws(gt, rng, num_train, num_test, num_seeds=None) -> dict:
     """DCI's and SAP's draws, in the library's order: training points, test
-    points, then the classifiers' seeds (DCI: one per factor; SAP: one, a scalar draw)."""
-    train, test = gt.sample_factors(num_train, rng), gt.sample_factors(num_test, rng)
+    points (each in batches of 16, batched_factors), then the classifiers' seeds (DCI: one per
+    factor; SAP: one, a scalar draw).  The library leaves both classifiers unseeded; the seeds come
+    after every point, so they change no point."""
+    train, test = batched_factors(gt, rng, num_train), batched_factors(gt, rng, num_test)
     return {"train": train, "test": test, "seeds": rng.randint(np.iinfo(np.int32).max, size=num_seeds)}
 
 
 def _dci_score(gt, represent, draws, estimator="gbt", n_jobs=-1, bar=None) -> dict:
-    y_train, y_test = draws["train"], draws["test"]
-    x_train, x_test = _codes_for(gt, represent, y_train), _codes_for(gt, represent, y_test)
+    x_train, x_test = _codes_for(gt, represent, draws["train"]), _codes_for(gt, represent, draws["test"])
+    y_train, y_test = labels(gt, draws["train"]), labels(gt, draws["test"])
     order = _canonical_code_order(x_train)
     fits = _fit_all_factors(x_train[:, order], y_train, x_test[:, order], y_test, estimator,
                             draws["seeds"], n_jobs, bar)
@@ -468,6 +522,10 @@ def _sap_discrete_matrix(x_train, y_train, x_test, y_test, seed, bar=None):
         bar.reset(total=scores.size)
     for i in range(x_train.shape[1]):
         for j in range(y_train.shape[1]):
+            if len(np.unique(y_train[:, j])) < 2:  # scikit-learn refuses one class: every code predicts it
+                scores[i, j] = np.mean(y_test[:, j] == y_train[0, j])
+                _advance(bar, 1)
+                continue
             svm = LinearSVC(C=0.01, class_weight="balanced", dual="auto", random_state=seed)
             svm.fit(x_train[:, i:i + 1], y_train[:, j])
             scores[i, j] = np.mean(svm.predict(x_test[:, i:i + 1]) == y_test[:, j])
@@ -503,8 +561,8 @@ def sap(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
 
 
 def _sap_score(gt, represent, draws, continuous_factors=False, bar=None) -> dict:
-    y_train, y_test = draws["train"], draws["test"]
-    x_train, x_test = _codes_for(gt, represent, y_train), _codes_for(gt, represent, y_test)
+    x_train, x_test = _codes_for(gt, represent, draws["train"]), _codes_for(gt, represent, draws["test"])
+    y_train, y_test = labels(gt, draws["train"]), labels(gt, draws["test"])
     if continuous_factors:
         scores = _sap_continuous_matrix(x_train, y_train)
     else:
@@ -513,6 +571,51 @@ def _sap_score(gt, represent, draws, continuous_factors=False, bar=None) -> dict
     second = ranked[1] if len(ranked) > 1 else np.zeros_like(ranked[0])
     gaps = ranked[0] - second
     return {"score": float(gaps.mean()), "per_factor": dict(zip(gt.factor_names, gaps.tolist(), strict=True))}
+
+
+# --------------------------------------------------------------------------
+# IRS, modularity and explicitness, the unsupervised scores: the arithmetic is in irs.py,
+# modularity.py and unsupervised.py; here the draws and the encoding
+
+
+def _encoded(gt, represent, factors, bar=None) -> np.ndarray:
+    codes = _codes_for(gt, represent, factors)
+    _advance(bar, len(codes))
+    return codes
+
+
+def _irs_score(gt, represent, draws, bar=None) -> dict:
+    return irs.irs(labels(gt, draws["train"]), _encoded(gt, represent, draws["train"], bar))
+
+
+def _modularity_score(gt, represent, draws, bar=None) -> dict:
+    codes_train = _encoded(gt, represent, draws["train"], bar)
+    codes_test = _encoded(gt, represent, draws["test"], bar)
+    return modularity.modularity_explicitness(codes_train, labels(gt, draws["train"]), codes_test,
+                                              labels(gt, draws["test"]))
+
+
+def _unsupervised_score(gt, represent, draws, bar=None) -> dict:
+    return unsupervised.unsupervised_scores(_encoded(gt, represent, draws["train"], bar))
+
+
+def irs_score(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
+              num_train: int = 10000, *, bar=None) -> dict:
+    """IRS (Suter et al. 2019) on num_train points drawn in batches of 16; see irs.irs."""
+    return _irs_score(gt, represent, {"train": batched_factors(gt, rng, num_train)}, bar)
+
+
+def modularity_score(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
+                     num_train: int = 10000, num_test: int = 5000, *, bar=None) -> dict:
+    """Modularity and explicitness (Ridgeway & Mozer 2018); see modularity.modularity_explicitness."""
+    draws = {"train": batched_factors(gt, rng, num_train), "test": batched_factors(gt, rng, num_test)}
+    return _modularity_score(gt, represent, draws, bar)
+
+
+def unsupervised_score(gt: GroundTruth, represent: Represent, rng: np.random.RandomState,
+                       num_train: int = 10000, *, bar=None) -> dict:
+    """Gaussian total / Wasserstein correlation and mutual-information score; see unsupervised.py."""
+    return _unsupervised_score(gt, represent, {"train": batched_factors(gt, rng, num_train)}, bar)
 
 
 # --------------------------------------------------------------------------
@@ -525,7 +628,7 @@ def _points(count: int, scale: float) -> int:
 
 
 def protocol(scale: float = 1.0) -> dict:
-    """Every sample count of the five scores at this scale (1.0: disentanglement_lib's published protocol),
+    """Every sample count of the scores at this scale (1.0: disentanglement_lib's published protocol),
     as the keyword arguments of their functions."""
     def n(count: int) -> int:
         return _points(count, scale)
@@ -536,22 +639,27 @@ def protocol(scale: float = 1.0) -> dict:
         "mig": {"num_train": n(10000), "num_bins": 20},
         "dci": {"num_train": n(10000), "num_test": n(5000)},
         "sap": {"num_train": n(10000), "num_test": n(5000)},
+        "irs": {"num_train": n(10000)},
+        "modularity": {"num_train": n(10000), "num_test": n(5000)},
+        "unsupervised": {"num_train": n(10000)},
     }
 
 
 def images_drawn(scale: float = 1.0) -> int:
-    """How many images the five scores draw in all at this scale (with repeats): BetaVAE pairs of
-    batches of 64, FactorVAE batches of 64 plus its variance sample, then MIG, DCI and SAP.
-    At scale 1 that is about 2.9 million, four times dSprites' 737,280 images."""
+    """How many images the scores draw in all at this scale (with repeats): BetaVAE pairs of
+    batches of 64, FactorVAE batches of 64 plus its variance sample, then MIG, DCI, SAP, IRS,
+    modularity and the unsupervised scores.  At scale 1 that is about 2.95 million, four times
+    dSprites' 737,280 images."""
     c = protocol(scale)
     b, f = c["beta_vae"], c["factor_vae"]
     return ((b["num_train"] + b["num_eval"]) * b["batch_size"] * 2
             + f["num_variance_estimate"] + (f["num_train"] + f["num_eval"]) * f["batch_size"]
-            + c["mig"]["num_train"] + sum(c[k]["num_train"] + c[k]["num_test"] for k in ("dci", "sap")))
+            + c["mig"]["num_train"] + c["irs"]["num_train"] + c["unsupervised"]["num_train"]
+            + sum(c[k]["num_train"] + c[k]["num_test"] for k in ("dci", "sap", "modularity")))
 
 
 def _steps(gt: GroundTruth, scale: float, dci_estimator: str = "gbt", n_jobs: int = -1) -> dict:
-    """The five scores as name -> (draw(rng) -> draws, score(represent, draws, bar) -> result, progress bar
+    """The scores as name -> (draw(rng) -> draws, score(represent, draws, bar) -> result, progress bar
     total and unit). Every random number a score uses comes from its draw, in the library's order."""
     c = protocol(scale)
     b, f, d, s = c["beta_vae"], c["factor_vae"], c["dci"], c["sap"]
@@ -562,7 +670,7 @@ def _steps(gt: GroundTruth, scale: float, dci_estimator: str = "gbt", n_jobs: in
         "factor_vae": (lambda rng: _factor_vae_draws(gt, rng, **f),
                        lambda rep, draws, bar: _factor_vae_score(gt, rep, draws, f["batch_size"], bar),
                        f["num_variance_estimate"] + f["num_train"] + f["num_eval"], "points"),
-        "mig": (lambda rng: {"train": gt.sample_factors(c["mig"]["num_train"], rng)},
+        "mig": (lambda rng: {"train": batched_factors(gt, rng, c["mig"]["num_train"])},
                 lambda rep, draws, bar: _mig_score(gt, rep, draws, c["mig"]["num_bins"], bar),
                 c["mig"]["num_train"], "points"),
         "dci": (lambda rng: _train_test_draws(gt, rng, d["num_train"], d["num_test"], len(gt.factor_sizes)),
@@ -570,6 +678,15 @@ def _steps(gt: GroundTruth, scale: float, dci_estimator: str = "gbt", n_jobs: in
                 len(gt.factor_sizes), "fits"),
         "sap": (lambda rng: _train_test_draws(gt, rng, s["num_train"], s["num_test"]),
                 lambda rep, draws, bar: _sap_score(gt, rep, draws, False, bar), None, "fits"),
+        "irs": (lambda rng: {"train": batched_factors(gt, rng, c["irs"]["num_train"])},
+                lambda rep, draws, bar: _irs_score(gt, rep, draws, bar), c["irs"]["num_train"], "points"),
+        "modularity": (lambda rng: {"train": batched_factors(gt, rng, c["modularity"]["num_train"]),
+                                    "test": batched_factors(gt, rng, c["modularity"]["num_test"])},
+                       lambda rep, draws, bar: _modularity_score(gt, rep, draws, bar),
+                       c["modularity"]["num_train"] + c["modularity"]["num_test"], "points"),
+        "unsupervised": (lambda rng: {"train": batched_factors(gt, rng, c["unsupervised"]["num_train"])},
+                         lambda rep, draws, bar: _unsupervised_score(gt, rep, draws, bar),
+                         c["unsupervised"]["num_train"], "points"),
     }
 
 
@@ -599,12 +716,13 @@ def _advance(bar, count: int) -> None:
 def evaluate_all(gt: GroundTruth, represent: Represent, seed: int = 0, scale: float = 1.0, *,
                  dci_estimator: str = "gbt", n_jobs: int = -1, verbose: bool = False,
                  progress: bool = False) -> dict:
-    """Run the five scores, each from its own RandomState(seed) as
+    """Run every score, each from its own RandomState(seed) as
     disentanglement_lib does, so one score does not depend on another.
 
     ``scale`` multiplies every point count (1.0 = the published protocol;
     smaller values for quick checks, at least ~0.01).  Batch sizes stay 64.
-    Returns {'beta_vae', 'factor_vae', 'mig', 'dci', 'sap': dicts with 'score',
+    Returns {'beta_vae', 'factor_vae', 'mig', 'dci', 'sap', 'irs', 'modularity', 'unsupervised': dicts
+    with 'score',
     'seconds': {metric: wall seconds, ..., 'total'}}.  ``verbose`` prints each
     score as it finishes; ``progress`` shows a progress bar per score.
     """
@@ -633,12 +751,19 @@ def summary_scores(result: dict) -> dict[str, float]:
         "dci_completeness": result["dci"]["completeness"],
         "dci_informativeness": result["dci"]["informativeness_test"],
         "sap": result["sap"]["score"],
+        "irs": result["irs"]["score"],
+        "modularity": result["modularity"]["modularity"],
+        "explicitness": result["modularity"]["explicitness_test"],
+        "gaussian_total_correlation": result["unsupervised"]["gaussian_total_correlation"],
+        "gaussian_wasserstein_correlation": result["unsupervised"]["gaussian_wasserstein_correlation"],
+        "mutual_info_score": result["unsupervised"]["mutual_info_score"],
     }
 
 
 def format_table(result: dict) -> str:
     """Readable text table of an evaluate_all result."""
     b, f, d = result["beta_vae"], result["factor_vae"], result["dci"]
+    m, u = result["modularity"], result["unsupervised"]
     rows = [
         ("BetaVAE", b["score"], f"train acc {b['train_accuracy']:.3f}", "beta_vae"),
         ("FactorVAE", f["score"],
@@ -649,6 +774,12 @@ def format_table(result: dict) -> str:
          f"{d['informativeness_test']:.3f} (train {d['informativeness_train']:.3f}), "
          f"{d['estimator']}", "dci"),
         ("SAP", result["sap"]["score"], "", "sap"),
+        ("IRS", result["irs"]["score"], f"active dims {result['irs']['num_active_dims']}", "irs"),
+        ("Modularity", m["modularity"], f"explicitness {m['explicitness_test']:.3f} (train "
+         f"{m['explicitness_train']:.3f})", "modularity"),
+        ("Gauss. TC", u["gaussian_total_correlation"], f"Wasserstein corr. {u['gaussian_wasserstein_correlation']:.3f}"
+         f" (normalised {u['gaussian_wasserstein_correlation_norm']:.3f}), mutual info {u['mutual_info_score']:.3f} "
+         "nats; unsupervised, lower is more factorised", "unsupervised"),
     ]
     seconds = result.get("seconds", {})
     lines = [f"{'metric':<10} {'score':>6}  {'seconds':>7}  details"]

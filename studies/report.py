@@ -8,6 +8,9 @@ Reads sweeps/<study>/study.json (the plan sweep.py wrote) and each trial's resul
   score, wall time, precision);
 - report.md: per setting (a method at one grid point), each score's median [min, max] over seeds,
   beside the published figures where the study file gives them; then run times;
+- UDR (Duan et al. 2020, evaluation/udr.py): each trial scored against the other finished trials of its
+  setting, from the codes each evaluation saved beside its JSON (eval_<iter>_udr_sample.npz); a
+  column like the other scores, absent for a setting with fewer than two such trials;
 - bars_<metric>.png: the study's headline metric per setting next to the published values, in the
   manner of Higgins et al. 2017, Fig. 6;
 - violins.png: every score's distribution over seeds per setting, in the manner of Locatello et al. 2019.
@@ -30,6 +33,9 @@ from utils import atomic_write
 SCORES = {
     "beta_vae": "BetaVAE", "factor_vae": "FactorVAE", "mig": "MIG", "dci_disentanglement": "DCI disent.",
     "dci_completeness": "DCI compl.", "dci_informativeness": "DCI inform.", "sap": "SAP",
+    "irs": "IRS", "modularity": "Modularity", "explicitness": "Explicitness",
+    "gaussian_total_correlation": "Gauss. TC", "gaussian_wasserstein_correlation": "Gauss. WC",
+    "mutual_info_score": "MI score", "udr": "UDR",
 }
 PERCENT = {"beta_vae", "factor_vae"}  # classifier accuracies, published in %
 
@@ -60,7 +66,8 @@ def load(study_dir: Path) -> tuple[dict, list[dict]]:
         if result and result.get("status") == "finished":
             row.update(status="finished", scores=result.get("scores") or {}, iterations=result.get("iterations"),
                        wall_s=result.get("wall_s"), precision=result.get("precision"),
-                       attempts=result.get("attempts"), note=result.get("note", ""))
+                       attempts=result.get("attempts"), note=result.get("note", ""),
+                       evaluation_file=result.get("evaluation_file"))
         elif (folder / "error.txt").exists():
             row["status"] = "failed"
             error = (folder / "error.txt").read_text(errors="replace").strip().splitlines()
@@ -111,6 +118,46 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     if len(v) == 1:
         return f"{v[0]:.{digits}f}"
     return f"{np.median(v):.{digits}f} [{v.min():.{digits}f}, {v.max():.{digits}f}]"
+
+
+def udr_sample_path(row: dict) -> Path | None:
+    """The UDR sample its evaluation wrote beside eval_<iter>.json (None when the trial has no evaluation)."""
+    if not row.get("evaluation_file"):
+        return None
+    evaluation = Path(row["folder"]) / row["evaluation_file"]
+    return evaluation.with_name(evaluation.stem + "_udr_sample.npz")
+
+
+def _udr_sample(row: dict):
+    """(indices, codes, kl or None) of a finished trial's UDR sample, or None when it has none."""
+    path = udr_sample_path(row)
+    if path is None:
+        return None
+    try:
+        with np.load(path) as f:
+            return f["indices"], f["codes"], f.get("kl")
+    except (OSError, ValueError, KeyError):  # no file (an evaluation from before UDR), or a damaged one
+        return None
+
+
+def add_udr(rows: list[dict]) -> None:
+    """Put each finished trial's UDR among its scores: the trial against the others of its setting that
+    encoded the same images (same data and --eval_seed). Settings with fewer than two get none."""
+    from evaluation import udr  # scikit-learn only when a report is built
+
+    for _, group in settings(rows):
+        by_images: dict[tuple, list] = {}
+        for row in group:
+            sample = _udr_sample(row) if row["status"] == "finished" else None
+            if sample is not None:
+                indices, codes, kl = sample
+                by_images.setdefault((indices.tobytes(), codes.shape), []).append((row, codes, kl))
+        for models in by_images.values():
+            if len(models) < 2:
+                continue
+            scores = udr.udr([(codes, kl) for _, codes, kl in models])["model_scores"]
+            for (row, _, _), score in zip(models, scores, strict=True):
+                row["scores"] = {**row["scores"], "udr": score}
 
 
 # --------------------------------------------------------------------------- writing
@@ -290,6 +337,7 @@ def build_report(study_dir: str | Path) -> dict[str, Path]:
     """Write results.csv, report.md and the plots under study_dir; returns their paths."""
     study_dir = Path(study_dir)
     plan, rows = load(study_dir)
+    add_udr(rows)
     metric = plan.get("metric", "beta_vae")
     paths = {"csv": study_dir / "results.csv", "markdown": study_dir / "report.md"}
     _write_if_changed(paths["csv"], results_csv(rows))

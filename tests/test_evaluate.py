@@ -15,11 +15,17 @@ from torch import nn
 
 from dataset import DSPRITES_FILE, ImageFolder, load_dsprites
 from evaluation import evaluate as evaluation
-from evaluation import metrics
+from evaluation import metrics, udr
 from evaluation.evaluate import CodeCache, IndexedFactors, evaluate
 from loaders import dsprites_gen
 from main import main
 from model import BetaVAE_B, build_model
+
+# The summary of every evaluation on data with factors (metrics.summary_scores).
+SUMMARY_KEYS = {"beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness",
+                "sap", "irs", "modularity", "explicitness", "gaussian_total_correlation",
+                "gaussian_wasserstein_correlation", "mutual_info_score"}
+UNSUPERVISED_KEYS = {"gaussian_total_correlation", "gaussian_wasserstein_correlation", "mutual_info_score"}
 
 
 class TinySprites:
@@ -158,18 +164,19 @@ def test_images_drawn_counts_what_the_protocol_draws():
 
 
 def test_a_small_scale_encodes_only_the_images_the_protocol_draws(tmp_path, dsprites):
-    """--eval_scale 0.002 on all of dSprites: the distinct images of the protocol's draws and the latent
-    report are encoded, each once, and nothing else (about 6,000 images, not 737,280)."""
+    """--eval_scale 0.002 on all of dSprites: the distinct images of the protocol's draws, the latent
+    report and UDR's sample are encoded, each once, and nothing else (about 7,800 images, not 737,280)."""
     data = dsprites
     encoder = Projection()
     Projection.images = 0
     result = run(tmp_path, encoder, data, scale=0.002)
     ground_truth = IndexedFactors(data)
     drawn = torch.cat([ground_truth.images_for_factors(f) for f in metrics.protocol_draws(ground_truth, 3, 0.002)])
-    expected = torch.unique(torch.cat([drawn, evaluation.report_indices(len(data), 3, 0.002)]))
+    expected = torch.unique(torch.cat([drawn, evaluation.report_indices(len(data), 3, 0.002),
+                                       evaluation.udr_indices(data, 3)]))
     assert Projection.images == len(expected) == result["provenance"]["protocol"]["images_encoded"]
     report = len(evaluation.report_indices(len(data), 3, 0.002))
-    assert len(expected) <= metrics.images_drawn(0.002) + report < len(data) / 100
+    assert len(expected) <= metrics.images_drawn(0.002) + report + udr.NUM_POINTS < len(data) / 50
 
 
 # ----------------------------------------------------------------------------------------- any encoder
@@ -178,8 +185,7 @@ def test_a_small_scale_encodes_only_the_images_the_protocol_draws(tmp_path, dspr
 def test_an_encoder_without_a_posterior_gets_scores_and_a_report_without_kl(tmp_path):
     encoder = Projection(z_dim=3)
     result = run(tmp_path, encoder)
-    assert set(result["summary"]) == {"beta_vae", "factor_vae", "mig", "dci_disentanglement",
-                                      "dci_completeness", "dci_informativeness", "sap"}
+    assert set(result["summary"]) == SUMMARY_KEYS
     report = result["latents"]
     assert not report["has_posterior"] and "standard deviation" in report["active_rule"]
     assert all(row["kl"] is None and row["posterior_variance"] is None for row in report["per_latent"])
@@ -244,7 +250,7 @@ def test_a_scale_other_than_1_gets_its_own_files_marked_not_comparable(tmp_path)
     assert "not comparable with published numbers" in result["provenance"]["protocol"]["note"]
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["eval_7_scale0.01.json", "eval_7_scale0.01.txt", "eval_7_scale0.01_dci_importance.png",
-                     "eval_7_scale0.01_mutual_information.png"]
+                     "eval_7_scale0.01_mutual_information.png", "eval_7_scale0.01_udr_sample.npz"]
     assert "NOT comparable with published numbers" in (tmp_path / "eval_7_scale0.01.txt").read_text()
     assert evaluation.result_stem(7, 1.0) == "eval_7" and evaluation.result_stem(7, 0.1) == "eval_7_scale0.1"
     assert evaluation.result_stem(12, 2.0) == "eval_12_scale2"
@@ -318,7 +324,12 @@ def test_data_without_factors_gets_the_report_and_a_note(tmp_path):
     assert len(result["latents"]["per_latent"]) == 4
     assert result["provenance"]["dataset"]["origin"] == "image folder"
     assert "12 image files" in result["provenance"]["dataset"]["fingerprint"]["of"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["eval_7.json", "eval_7.txt"]
+    # UDR needs no factors: the sample of 1,000 images (12 distinct here) is saved for a study's report.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["eval_7.json", "eval_7.txt",
+                                                                     "eval_7_udr_sample.npz"]
+    with np.load(tmp_path / "out" / "eval_7_udr_sample.npz") as sample:
+        assert sample["codes"].shape == (udr.NUM_POINTS, 4) and sample["kl"].shape == (4,)
+        assert set(sample["indices"].tolist()) <= set(range(12))
 
 
 # ----------------------------------------------------------------------------------------- command line
@@ -336,16 +347,15 @@ def test_eval_from_a_checkpoint_writes_all_scores_and_the_latent_report(tmp_path
                     "--max_iter", "2")
     assert main(argv) == 0
     assert main(argv + ["--train", "False", "--eval_metrics", "True", "--eval_scale", "0.005"]) == 0
-    result = json.loads((tmp_path / "outputs" / "ev" / "eval_2_scale0.005.json").read_text())
-    assert set(result["summary"]) == {"beta_vae", "factor_vae", "mig", "dci_disentanglement",
-                                      "dci_completeness", "dci_informativeness", "sap"}
-    assert all(0 <= v <= 1 for v in result["summary"].values())
+    result = json.loads((tmp_path / "outputs" / "ev" / "from_checkpoint" / "eval_2_scale0.005.json").read_text())
+    assert set(result["summary"]) == SUMMARY_KEYS
+    assert all(0 <= result["summary"][k] <= 1 for k in SUMMARY_KEYS - UNSUPERVISED_KEYS)
     latents = result["latents"]
     assert len(latents["per_latent"]) == 10 and sorted(latents["order"]) == list(range(10))
     kl = [latents["per_latent"][i]["kl"] for i in latents["order"]]
     assert kl == sorted(kl, reverse=True)
     assert result["provenance"]["checkpoint"]["iteration"] == 2
-    table = (tmp_path / "outputs" / "ev" / "eval_2_scale0.005.txt").read_text()
+    table = (tmp_path / "outputs" / "ev" / "from_checkpoint" / "eval_2_scale0.005.txt").read_text()
     assert "BetaVAE" in table and "MIG" in table and "best factor" in table
 
 

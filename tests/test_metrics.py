@@ -101,14 +101,16 @@ def test_ground_truth_representation_scores_high(truth_result):
 
 
 def test_evaluate_all_shape_and_table(truth_result):
-    assert set(truth_result) == {"beta_vae", "factor_vae", "mig", "dci", "sap", "seconds"}
-    for name in ("beta_vae", "factor_vae", "mig", "dci", "sap"):
+    assert set(truth_result) == {"beta_vae", "factor_vae", "mig", "dci", "sap", "irs", "modularity",
+                                 "unsupervised", "seconds"}
+    for name in ("beta_vae", "factor_vae", "mig", "dci", "sap", "irs", "modularity"):
         assert 0.0 <= truth_result[name]["score"] <= 1.0
     seconds = truth_result["seconds"]
     assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"))
     assert set(metrics.summary_scores(truth_result)) == {
         "beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness",
-        "dci_informativeness", "sap"}
+        "dci_informativeness", "sap", "irs", "modularity", "explicitness", "gaussian_total_correlation",
+        "gaussian_wasserstein_correlation", "mutual_info_score"}
     table = metrics.format_table(truth_result)
     for label in ("BetaVAE", "FactorVAE", "MIG", "DCI", "SAP", "total"):
         assert label in table
