@@ -99,6 +99,23 @@ def settings(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     return list(groups.items())
 
 
+def ran(groups: list[tuple[str, list[dict]]]) -> list[tuple[str, list[dict]]]:
+    """The settings of which some trial ran: those left out by --only leave no empty slot in a plot."""
+    return [(name, group) for name, group in groups if any(r["status"] != "not run" for r in group)]
+
+
+def partial_scales(plan: dict) -> list[float]:
+    """The evaluation scales below 1 the study's trials were scored at: such scores draw fewer points than the
+    published protocol, so they cannot be set beside published numbers."""
+    return sorted(scale for scale in plan.get("eval_scales", [1.0]) if scale < 1.0)
+
+
+def not_comparable(plan: dict) -> str:
+    scales = partial_scales(plan)
+    return (f"eval_scale {', '.join(f'{s:g}' for s in scales)}: not comparable with published numbers"
+            if scales else "")
+
+
 def setting_name(row: dict) -> str:
     params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
     return f"{row['label']} ({params})" if params else row["label"]
@@ -205,6 +222,12 @@ def markdown(plan: dict, rows: list[dict], pictures: dict[str, str]) -> bytes:
         lines += [f"Source: {plan['source']}", ""]
     lines += [f"Dataset {plan['dataset']}; {plan['max_iter']} iterations; seeds {', '.join(map(str, plan['seeds']))}. "
               f"Trials: {len(rows)} planned, " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ".", ""]
+    if partial_scales(plan):
+        scales = ", ".join(f"{s:g}" for s in partial_scales(plan))
+        lines += [f"> **Not comparable with published numbers.** The trials were scored at eval_scale {scales}, a "
+                  "fraction of the evaluation protocol's sample counts, and at this scale's iterations; only the full "
+                  "protocol (eval_scale 1) of fully trained models can be set beside a paper. The published column "
+                  "below is there for orientation only.", ""]
     groups = settings(rows)
     keys = score_keys(rows)
     if keys:
@@ -224,8 +247,10 @@ def markdown(plan: dict, rows: list[dict], pictures: dict[str, str]) -> bytes:
     published = [(m, metric, facts) for m in plan["methods"] for metric, facts in (m.get("published") or {}).items()]
     if published:
         source = plan.get("published_source") or "the study file"
+        ours_header = f"ours ({not_comparable(plan)})" if partial_scales(plan) else "ours"
         lines += ["## Beside the published figures", "", f"Published: {source}. Ours: median [min, max] over seeds, "
-                  "in the published unit.", "", "| setting | score | published | ours | n |", "|---|---|---|---|---|"]
+                  "in the published unit.", "", f"| setting | score | published | {ours_header} | n |",
+                  "|---|---|---|---|---|"]
         for method, metric, facts in published:
             unit = 100.0 if facts["text"].endswith("%") else 1.0
             mine = [(name, group) for name, group in groups if group[0]["label"] == method["label"]] or \
@@ -270,7 +295,7 @@ def bar_chart(plan: dict, rows: list[dict], metric: str) -> bytes | None:
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed (Agg)
 
     published = {m["label"]: m["published"][metric] for m in plan["methods"] if metric in (m.get("published") or {})}
-    groups = [(name, group) for name, group in settings(rows)
+    groups = [(name, group) for name, group in ran(settings(rows))
               if finished_values(group, metric) or group[0]["label"] in published]
     if not any(finished_values(group, metric) for _, group in groups):
         return None
@@ -297,7 +322,8 @@ def bar_chart(plan: dict, rows: list[dict], metric: str) -> bytes | None:
     ax.set_ylabel(SCORES.get(metric, metric) + suffix)
     ax.set_ylim(0, 100 if unit == 100.0 else max(1.0, ax.get_ylim()[1]))
     scale = "" if plan["scale"] == "full" else f" (scale {plan['scale']})"
-    ax.set_title(f"{plan['name']}{scale}: {SCORES.get(metric, metric)} per setting", fontsize=10)
+    warning = f"\n({not_comparable(plan)})" if partial_scales(plan) else ""
+    ax.set_title(f"{plan['name']}{scale}: {SCORES.get(metric, metric)} per setting{warning}", fontsize=10)
     return _png(fig)
 
 
@@ -306,7 +332,7 @@ def violins(plan: dict, rows: list[dict]) -> bytes | None:
     from matplotlib.figure import Figure
 
     keys = score_keys(rows)
-    groups = settings(rows)
+    groups = ran(settings(rows))
     if not keys:
         return None
     columns = min(4, len(keys))
@@ -329,7 +355,8 @@ def violins(plan: dict, rows: list[dict]) -> bytes | None:
         ax.tick_params(axis="y", labelsize=7)
         ax.set_xlim(-0.6, len(groups) - 0.4)
     scale = "" if plan["scale"] == "full" else f" (scale {plan['scale']})"
-    fig.suptitle(f"{plan['name']}{scale}: scores over seeds per setting", fontsize=10)
+    warning = f" ({not_comparable(plan)})" if partial_scales(plan) else ""
+    fig.suptitle(f"{plan['name']}{scale}: scores over seeds per setting{warning}", fontsize=10)
     return _png(fig)
 
 

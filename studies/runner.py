@@ -346,6 +346,8 @@ def write_plan(study: Study, study_dir: Path) -> None:
         "metric": study.report.get("metric", "beta_vae"),
         "published_source": study.report.get("published_source", ""),
         "methods": [{k: m[k] for k in ("label", "method", "published")} for m in study.methods],
+        # the evaluation scales of the trials that run: the report warns when they are not the full protocol
+        "eval_scales": sorted({float(t.flags.get("eval_scale", 1.0)) for t in study.trials if t.selected}),
         "trials": [{"trial": t.name, "label": t.label, "method": t.method, "params": t.params, "seed": t.seed}
                    for t in study.trials],
     }

@@ -214,6 +214,30 @@ def test_report_gives_median_and_range_over_seeds_beside_published_values(tmp_pa
     assert study_report.main([str(study_dir)]) == 0  # the command line rebuilds it, Ray or not
 
 
+def test_a_report_at_a_partial_evaluation_scale_says_it_cannot_be_compared(tmp_path):
+    """eval_scale < 1 draws fewer points than the published protocol: the header, the table and the plots say so,
+    and a setting left out by --only leaves no empty slot in the plots."""
+    study_dir = tmp_path / "study"
+    methods = [{"label": "vae", "method": "H", "published": {"beta_vae": {"text": "61.58 ± 0.5 %", "mean": 0.6158,
+                                                                          "spread": 0.005}}},
+               {"label": "other", "method": "H", "published": {}}]
+    trials = [{"trial": f"{label}_seed{s}", "label": label, "method": "H", "params": {}, "seed": s}
+              for label in ("vae", "other") for s in range(2)]
+    sweep.write_json(study_dir / "study.json", {
+        "name": "study", "scale": "cpu", "dataset": "dsprites", "max_iter": 10, "seeds": [0, 1], "metric": "beta_vae",
+        "methods": methods, "trials": trials, "eval_scales": [0.05]})
+    for seed in range(2):  # "other" was left out by --only
+        sweep.write_json(study_dir / f"vae_seed{seed}" / "result.json", {
+            "status": "finished", "iterations": 10, "scores": {"beta_vae": 0.5, "mig": 0.1}, "wall_s": 1.0,
+            "precision": "fp32", "attempts": 1})
+    report = study_report.build_report(study_dir)["markdown"].read_text()
+    assert "**Not comparable with published numbers.** The trials were scored at eval_scale 0.05" in report
+    assert "| ours (eval_scale 0.05: not comparable with published numbers) |" in report
+    _, rows = study_report.load(study_dir)
+    assert [name for name, _ in study_report.settings(rows)] == ["vae", "other"]  # the tables list both
+    assert [name for name, _ in study_report.ran(study_report.settings(rows))] == ["vae"]  # the plots: what ran
+
+
 # Methods other contributors are adding to main.py; the shipped studies already name them.
 ANNOUNCED = {"factorvae", "btcvae", "dipvae_i", "dipvae_ii", "infogan", "pca", "ica"}
 
@@ -396,3 +420,9 @@ def test_a_killed_sweep_leaves_no_ray_process_behind(tmp_path):
         time.sleep(0.2)
     left = [pid for pid, start in processes if alive(pid, start)]
     assert not left, f"{len(left)} Ray processes outlived the killed sweep by 10 s"
+
+
+def test_the_plan_records_the_evaluation_scales_of_the_trials(tmp_path):
+    study = spec.load_study(ROOT / "studies" / "higgins2017_fig6.yaml", "cpu")
+    sweep.write_plan(study, tmp_path)
+    assert json.loads((tmp_path / "study.json").read_text())["eval_scales"] == [0.05]
