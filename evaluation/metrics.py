@@ -767,14 +767,15 @@ def format_table(result: dict) -> str:
     rows = [
         ("BetaVAE", b["score"], f"train acc {b['train_accuracy']:.3f}", "beta_vae"),
         ("FactorVAE", f["score"],
-         f"train acc {f['train_accuracy']:.3f}, active dims {f['num_active_dims']}", "factor_vae"),
+         f"train acc {f['train_accuracy']:.3f}, {f['num_active_dims']} latents kept (std over data >= "
+         f"{FACTOR_VAE_PRUNE_STD}; not the latent report's 'active')", "factor_vae"),
         ("MIG", result["mig"]["score"], "", "mig"),
         ("DCI", d["disentanglement"],
          f"completeness {d['completeness']:.3f}, informativeness "
          f"{d['informativeness_test']:.3f} (train {d['informativeness_train']:.3f}), "
          f"{d['estimator']}", "dci"),
         ("SAP", result["sap"]["score"], "", "sap"),
-        ("IRS", result["irs"]["score"], f"active dims {result['irs']['num_active_dims']}", "irs"),
+        ("IRS", result["irs"]["score"], f"{result['irs']['num_active_dims']} latents kept (any variance)", "irs"),
         ("Modularity", m["modularity"], f"explicitness {m['explicitness_test']:.3f} (train "
          f"{m['explicitness_train']:.3f})", "modularity"),
         ("Gauss. TC", u["gaussian_total_correlation"], f"Wasserstein corr. {u['gaussian_wasserstein_correlation']:.3f}"
