@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from loaders import DataError  # raised here and by every reader
+
 DSPRITES_FILE = "dsprites-dataset/dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 DSPRITES_KEYS = ("imgs", "latents_classes")
 DSPRITES_FIX = ("Delete it to have it generated again, or put the real file from "
@@ -42,10 +44,6 @@ DISTRIBUTION_FOR_CHANNELS = {1: "bernoulli", 3: "gaussian"}
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # Pillow modes of one-channel images
 HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # more than 8 bits per channel
 DETECT_IMAGES = 32  # images whose mode decides the channels of --dataset folder
-
-
-class DataError(Exception):
-    """A data file or folder that cannot be used; the message says which and what to do."""
 
 
 @dataclass(frozen=True)

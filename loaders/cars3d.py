@@ -26,7 +26,7 @@ def _car_images(path: Path) -> np.ndarray:
     """One car's file -> uint8 (elevation, azimuth, 64, 64, 3)."""
     import scipy.io
 
-    from dataset import DataError
+    from loaders import DataError
 
     try:
         im = scipy.io.loadmat(path)["im"]
@@ -46,7 +46,7 @@ def _car_images(path: Path) -> np.ndarray:
 
 def load_cars3d(folder: Path) -> FactorGrid:
     """Every car file under folder -> the (elevation, azimuth, car) grid in row-major order."""
-    from dataset import DataError
+    from loaders import DataError
 
     files = sorted(folder.glob("*.mat")) if folder.is_dir() else []
     if len(files) != NUM_CARS:

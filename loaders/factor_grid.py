@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import torch
 
-from dataset import DataError
+from loaders import DataError
 
 
 def row_major_strides(sizes: tuple[int, ...]) -> np.ndarray:

@@ -32,7 +32,7 @@ def load_mpi3d(path: Path, variant: str) -> FactorGrid:
     fix = (f"Put the official mpi3d_{variant}.npz from https://github.com/rr-learning/disentanglement_dataset at "
            f"{path}.")
     if not path.is_file():
-        from dataset import DataError
+        from loaders import DataError
 
         raise DataError(f"mpi3d_{variant}: no file at {path}. {fix}")
     images = npz_member(path, "images", fix)

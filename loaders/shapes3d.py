@@ -22,7 +22,7 @@ FIX = "Put the official 3dshapes.h5 from https://github.com/deepmind/3d-shapes t
 
 def _check_labels(labels: np.ndarray, path: Path) -> None:
     """Each label column must hold its factor's number of values, laid out row-major as the images are."""
-    from dataset import DataError
+    from loaders import DataError
 
     if labels.shape != (int(np.prod(FACTOR_SIZES)), len(FACTOR_SIZES)):
         raise DataError(f"{path}: labels have shape {labels.shape}, expected ({int(np.prod(FACTOR_SIZES))}, "
@@ -34,7 +34,7 @@ def _check_labels(labels: np.ndarray, path: Path) -> None:
 
 
 def load_shapes3d(path: Path) -> FactorGrid:
-    from dataset import DataError
+    from loaders import DataError
 
     if not path.is_file():
         raise DataError(f"shapes3d: no file at {path}. {FIX}")

@@ -36,7 +36,7 @@ FIX = "Put the six official files from https://cs.nyu.edu/~ylclab/data/norb-v1.0
 
 def matrix_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
     """A NORB binary matrix file's (element type, dimensions, byte offset of the data)."""
-    from dataset import DataError
+    from loaders import DataError
 
     try:
         header = np.fromfile(path, dtype="<i4", count=5)
@@ -63,7 +63,7 @@ def read_matrix(path: Path) -> np.ndarray:
 def left_images(path: Path, chunk: int = 1000) -> np.ndarray:
     """The `dat` file's first image of each pair, shrunk to uint8 (n, 64, 64), read `chunk` pairs at a time
     (plain reads, not a memory map: the 447 MB file then never sits in this process's memory)."""
-    from dataset import DataError
+    from loaders import DataError
 
     dtype, dims, offset = matrix_header(path)
     if len(dims) != 4 or dims[1:] != (2, 96, 96) or dtype != np.uint8:
@@ -81,7 +81,7 @@ def left_images(path: Path, chunk: int = 1000) -> np.ndarray:
 def _chunk(folder: Path, chunk: str):
     """One chunk -> (left images uint8 (n, 64, 64), full factors (n, 5): category, elevation, azimuth / 2,
     lighting, instance)."""
-    from dataset import DataError
+    from loaders import DataError
 
     paths = {kind: folder / f"smallnorb-{chunk}-{kind}.mat" for kind in ("dat", "cat", "info")}
     missing = [p.name for p in paths.values() if not p.is_file()]
@@ -125,7 +125,7 @@ class SmallNORB(FactorGrid):
 
 def load_smallnorb(folder: Path) -> SmallNORB:
     """Both chunks -> every image at its place in the (category, elevation, azimuth, lighting, instance) grid."""
-    from dataset import DataError
+    from loaders import DataError
 
     if not folder.is_dir():
         raise DataError(f"smallnorb: no folder at {folder}. {FIX}")
