@@ -132,8 +132,9 @@ def build(name: str, command: str, show: str, title: str, ckpt_dir: Path, output
         "iter": int(checkpoint["iter"]), "max_iter": int(config["max_iter"]),
         "finished": int(checkpoint["iter"]) >= int(config["max_iter"]),
         "train_seconds": float(checkpoint.get("train_seconds", 0.0)) + extra_seconds,
-        "machine": (f"{machine.get('cpu', 'unknown CPU')}, {machine.get('logical_cpus', '?')} logical CPUs, "
-                    f"{machine.get('torch_threads', '?')} torch threads, torch {machine.get('torch', '?')}"),
+        "machine": (f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['torch_threads']} torch "
+                    f"threads, torch {machine['torch']} (the latest session)") if machine else
+                   "not recorded (a session before checkpoints recorded it)",
         "precision": f"{config.get('precision_used')} ({config.get('precision_reason')})",
         "checkpoint_mib": (folder / "last").stat().st_size / 2**20,
     }

@@ -13,7 +13,7 @@ from test_cli import script_argv
 from main import parse_args
 from studies.spec import load_study
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "pretrained").glob("*/README.md"))]
 COMMAND = re.compile(r"(?:^|`|\s)((?:python3? |sh |betavae)[^`\n|]*)")
 
 
