@@ -18,6 +18,7 @@ from dataset import CHANNELS, DATASETS, DISTRIBUTIONS, BatchOrder, DataError, da
 from hardware.precision import CHOICES as PRECISIONS
 from hardware.precision import announce, choose
 from hardware.sizes import SizeError, available_memory, check_sizes, is_out_of_memory, memory_advice
+from hardware.threads import apply_threads, busy_warning
 from methods import (
     METHODS,
     OPTIMIZER_DEFAULTS,
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max_iter", default=int(1e6), type=non_negative(iter_count),
                      help="iterations to train (float literals such as 1.5e6 work)")
     run.add_argument("--batch_size", default=64, type=positive(int), help="images per iteration")
+    run.add_argument("--threads", default=0, type=non_negative(int),
+                     help="CPU threads for torch (and numba's DCI trees); 0: torch's choice, one per core. A run "
+                          "that starts on a busy machine says so and which --threads would fit")
     run.add_argument("--precision", default="auto", choices=PRECISIONS,
                      help="forward-pass precision, in training and in evaluation's encoder. auto: bf16 autocast "
                           "where the hardware runs bf16 natively (a recent GPU; a CPU with AVX512-BF16 or AMX, "
@@ -330,6 +334,10 @@ def build_solver(args: argparse.Namespace) -> Solver:
     device = pick_device(args.cuda)
     precision = choose(args.precision, device)
     print(announce(precision))
+    threads = apply_threads(args.threads)
+    busy = busy_warning(threads) if device.type == "cpu" else None
+    if busy:
+        print(busy, file=sys.stderr)
     seed_everything(args.seed)
     data = load_dataset(spec, args.dset_dir)
     for warning in check_sizes(args, len(getattr(data, "full", data)), available_memory(device), available_memory()):

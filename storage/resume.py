@@ -26,6 +26,7 @@ FREE_FLAGS = {
     "eval_scale", "eval_seed", "dci_estimator", "viz_on", "tensorboard", "viz_name", "viz_port", "viz_server",
     "save_output", "output_dir",
     "ckpt_dir", "ckpt_name", "dset_dir", "num_workers", "cuda", "train", "precision", "channels_last", "compile",
+    "threads",
     "top_latents", "resume_with_changes",
 }
 # Derived entries of the config: not flags, so not compared (the data is compared through `data`).

@@ -230,14 +230,7 @@ def _run_locked_trial(spec: dict, folder: Path) -> dict:
     attempts.append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "host": socket.gethostname(), "pid": os.getpid()})
     write_json(folder / "attempts.json", {"attempts": attempts})
 
-    import torch
-
-    torch.set_num_threads(spec["threads"])  # the trial's CPU share; Ray sets OMP_NUM_THREADS to match
-    with contextlib.suppress(ImportError, ValueError):
-        import numba  # evaluation's DCI trees run in numba threads
-
-        numba.set_num_threads(min(spec["threads"], numba.config.NUMBA_NUM_THREADS))
-    import main
+    import main  # the trial's argv carries --threads: its CPU share (Ray sets OMP_NUM_THREADS to match)
 
     start = time.perf_counter()
     with _output_to(log_path) as log:
@@ -494,7 +487,7 @@ def run_trials(study: Study, study_dir: Path, todo: list[Trial], args: argparse.
         for trial in todo:
             folder = trial_dir(study_dir, trial).resolve()
             spec = {"name": trial.name, "folder": str(folder), "threads": threads, "max_iter": study.max_iter,
-                    "argv": trial_argv(trial, folder, study.dataset, dset_dir, cuda),
+                    "argv": trial_argv(trial, folder, study.dataset, dset_dir, cuda) + ["--threads", str(threads)],
                     "record": trial_record(study, trial)}
             ref = remote.options(name=trial.name, num_cpus=args.cpus_per_trial, num_gpus=args.gpus_per_trial,
                                  max_retries=args.max_retries, retry_exceptions=[TrialInterrupted],
