@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "disentanglement_lib scores, gives its numbers for the same representation")
     evaluation.add_argument("--dci_estimator", default="gbt", choices=DCI_ESTIMATORS,
                             help="DCI's per-factor classifier. gbt: disentanglement_lib's gradient-boosted "
-                                 "trees, re-implemented exactly and fast (gbt.py); sklearn: scikit-learn's own "
+                                 "trees, re-implemented exactly and fast (evaluation/gbt.py); sklearn: scikit-learn's own "
                                  "GradientBoostingClassifier, the same model, minutes slower; hist: histogram "
                                  "boosting, an approximation with slightly different numbers")
 
@@ -254,7 +254,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def data_identity(args, data) -> dict:
     """What tells one dataset file from another without reading it: a different file changes the data
-    order of a resumed run, so resume.py compares this."""
+    order of a resumed run, so storage/resume.py compares this."""
     path = DATASETS[args.dataset].path(args.dset_dir)
     identity = {"dataset": args.dataset, "images": len(data)}
     if path.is_file():
