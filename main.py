@@ -198,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "disentanglement_lib scores, gives its numbers for the same representation")
     evaluation.add_argument("--dci_estimator", default="gbt", choices=DCI_ESTIMATORS,
                             help="DCI's per-factor classifier. gbt: disentanglement_lib's gradient-boosted "
-                                 "trees, re-implemented exactly and fast (evaluation/gbt.py); sklearn: scikit-learn's own "
-                                 "GradientBoostingClassifier, the same model, minutes slower; hist: histogram "
+                                 "trees, re-implemented exactly and fast (evaluation/gbt.py); sklearn: "
+                                 "scikit-learn's own GradientBoostingClassifier, the same model, minutes slower; "
+                                 "hist: histogram "
                                  "boosting, an approximation with slightly different numbers")
 
     ckpt = p.add_argument_group("checkpoints")
