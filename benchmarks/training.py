@@ -21,10 +21,11 @@ and one configuration's caches cannot help or hurt another. Each process trains 
 Configurations (`NAME[:option+option...]`). Options fp32, bf16, nchw, channels_last, compile
 override main.py's defaults for B and H (default precision: auto); `unfused` uses Adam's
 per-tensor step instead of the fused one; `torchconv` runs the transposed convs as torch.nn's
-instead of fast_conv's; `avx2` runs the configuration, ref-B included, with
-the instruction set capped as on an AVX2-only CPU (ONEDNN_MAX_CPU_ISA=AVX2
-ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2), and its ratio is to ref-B under the
-same cap:
+instead of fast_conv's. A cap runs the configuration, ref-B included, with the instruction set
+capped as on another kind of CPU, and its ratio is to ref-B under the same cap:
+`avx2` as on an AVX2-only CPU (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+MKL_ENABLE_INSTRUCTIONS=AVX2); `avx512bf16` as on a CPU with AVX512-BF16 but no AMX, such as AMD
+Zen 4 and 5 or Intel Cooper Lake (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16: oneDNN without AMX).
 - `ref-B`: the reference pipeline (1Konny/Beta-VAE) on the same model B, batch and machine:
   a float32 (N, 1, 64, 64) tensor of dSprites images, a DataLoader with batch_size=64,
   shuffle=True, num_workers=2, pin_memory, drop_last=True indexing one image at a time,
@@ -34,13 +35,13 @@ same cap:
 - `H`: this pipeline on a CelebA-shaped folder (generated random 64×64 RGB JPEGs, decoded by
   the usual DataLoader workers), objective and model H.
 
-For each instruction-set setting used (native, and capped when a configuration says avx2), the
+For each instruction-set setting used (native, and each cap a configuration names), the
 bench first prints what it runs on: the CPU model, the instruction set torch's kernels use,
 oneDNN's cap, the threads, whether bf16 is native (what --precision auto decides), and the fp32
 matrix-product peak (a 2048×2048 product, median of 5): the ceiling that a training step's
 GFLOP/s is compared with in the `% peak` column.
 
-    python bench.py --configs ref-B,B,ref-B:avx2,B:avx2      # both CPU kinds, each against its reference
+    python bench.py --configs ref-B,B,ref-B:avx512bf16,B:avx512bf16,ref-B:avx2,B:avx2   # three CPU kinds
 
 `--layers` times, instead, each transposed conv of the decoders alone, forward and backward at
 batch 64 under the precision `auto` picks, as torch.nn's layer and as fast_conv's, natively and
@@ -82,9 +83,14 @@ FULL_FLOAT32_GIB = FULL_DSPRITES * 64 * 64 * 4 / 2**30  # the reference's in-mem
 # Options map to main.py flags; what is not named keeps main.py's default.
 OPTIONS = {"fp32": ["--precision", "fp32"], "bf16": ["--precision", "bf16"], "nchw": ["--channels_last", "False"],
            "channels_last": ["--channels_last", "True"], "compile": ["--compile", "True"]}
-BENCH_OPTIONS = ("unfused", "torchconv", "avx2")  # handled by the bench itself, not by main.py flags
-# An AVX2-only CPU, emulated: oneDNN (convolutions), ATen (torch's own kernels) and MKL (fp32 matrix products).
-AVX2_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+# Other kinds of CPU, emulated on this one by capping the instruction sets the libraries may use.
+CAPS = {
+    # AVX2 only: oneDNN (convolutions), ATen (torch's own kernels) and MKL (fp32 matrix products).
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    # AVX-512 with AVX512-BF16 and no AMX (AMD Zen 4/5, Intel Cooper Lake): oneDNN stops below AMX.
+    "avx512bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+}
+BENCH_OPTIONS = ("unfused", "torchconv", *CAPS)  # handled by the bench itself, not by main.py flags
 COLUMNS = ("config", "device", "options", "it/s", "images/s", "GFLOP/step", "GFLOP/s", "% peak", "peak RSS",
            "page faults/it", "data wait", "warm-up s", "× ref")
 
@@ -176,7 +182,7 @@ def run_ours(job: Job) -> dict:
     result["options"] = "+".join([precision] + ["channels_last"] * args.channels_last + ["compile"] * args.compile
                                  + ["unfused"] * ("unfused" in job.options)
                                  + ["torch.nn convT"] * ("torchconv" in job.options)
-                                 + ["AVX2 cap"] * ("avx2" in job.options))
+                                 + [f"{cap_of(job.options)} cap"] * bool(cap_of(job.options)))
     stream.close()
     return result
 
@@ -229,7 +235,7 @@ def run_reference(job: Job) -> dict:
 
     result = time_loop(step, job.warmup, job.iters, device_sync(device))
     result["flops"] = count_step_flops(step)
-    result["options"] = "fp32, DataLoader×2" + (", AVX2 cap" if "avx2" in job.options else "")
+    result["options"] = "fp32, DataLoader×2" + (f", {cap_of(job.options)} cap" if cap_of(job.options) else "")
     result["images"] = len(images)
     return result
 
@@ -389,7 +395,7 @@ def prepare_data(args, scratch: Path) -> tuple[str, list[str]]:
 def run_worker(job: Job) -> dict:
     """Run one configuration in a fresh process and return its result."""
     command = [sys.executable, "-m", "benchmarks.training", "--worker", json.dumps(asdict(job))]
-    env = dict(os.environ, **(AVX2_CAP if "avx2" in job.options else {}))
+    env = dict(os.environ, **CAPS.get(cap_of(job.options), {}))
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
@@ -403,18 +409,20 @@ def parse_configs(text: str) -> list[tuple[str, list[str]]]:
     for item in filter(None, text.split(",")):
         name, _, options = item.partition(":")
         chosen = [o for o in options.split("+") if o]
-        allowed = BENCH_OPTIONS[1:] if name == "ref-B" else (*OPTIONS, *BENCH_OPTIONS)
-        if name not in ("ref-B", "B", "H") or any(o not in allowed for o in chosen):
+        allowed = tuple(CAPS) if name == "ref-B" else (*OPTIONS, *BENCH_OPTIONS)
+        if name not in ("ref-B", "B", "H") or any(o not in allowed for o in chosen) or \
+                sum(o in CAPS for o in chosen) > 1:
             raise argparse.ArgumentTypeError(
-                f"bad config {item!r}: use ref-B (option: avx2), or B or H with options from "
-                f"{', '.join((*OPTIONS, *BENCH_OPTIONS))}")
+                f"bad config {item!r}: use ref-B (options: one of {', '.join(CAPS)}), or B or H with options from "
+                f"{', '.join((*OPTIONS, *BENCH_OPTIONS))}, at most one cap")
         configs.append((name, chosen))
     return configs
 
 
 def cap_of(options: list[str] | str) -> str:
-    """'avx2' for a configuration run under the AVX2 cap, '' for native."""
-    return "avx2" if "avx2" in (options.split("+") if isinstance(options, str) else options) else ""
+    """The cap a configuration runs under ('avx2', 'avx512bf16'), '' for native."""
+    chosen = options.split("+") if isinstance(options, str) else options
+    return next((o for o in chosen if o in CAPS), "")
 
 
 def format_row(config: str, device: str, r: dict, ref_it_s: float | None, peak: float | None) -> list[str]:
@@ -448,7 +456,7 @@ def machine(threads: int) -> str:
 
 
 def describe_hardware(cap: str, h: dict) -> str:
-    setting = "capped to AVX2 (" + " ".join(f"{k}={v}" for k, v in AVX2_CAP.items()) + ")" if cap else "native"
+    setting = f"capped to {cap} (" + " ".join(f"{k}={v}" for k, v in CAPS[cap].items()) + ")" if cap else "native"
     return (f"CPU {setting}: {h['cpu']}; torch kernels {h['capability']}, oneDNN cap {h['onednn_cap']}; "
             f"{h['threads']} threads; native bf16: {'yes' if h['native_bf16'] else 'no'} ({h['why']}); "
             f"fp32 matrix-product peak {h['fp32_peak_gflops']:.1f} GFLOP/s.")
@@ -481,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 def measure_hardware(args, configs, scratch: str) -> dict[str, dict]:
     """{cap: hardware facts} for each instruction-set setting the configurations use."""
     caps = sorted({cap_of(options) for _, options in configs})
-    return {cap: run_worker(Job("hardware", ["avx2"] if cap else [], "cpu", 0, 0, "", 0,
+    return {cap: run_worker(Job("hardware", [cap] if cap else [], "cpu", 0, 0, "", 0,
                                 tempfile.mkdtemp(dir=scratch), threads=args.threads)) for cap in caps}
 
 
@@ -515,7 +523,7 @@ def report(results: dict, hardware_by_cap: dict, args, notes: list[str]) -> None
     for (label, device), rounds in results.items():
         result = median_round(rounds)
         cap = cap_of(label.partition(":")[2])
-        ref = results.get(("ref-B:avx2" if cap else "ref-B", device))
+        ref = results.get((f"ref-B:{cap}" if cap else "ref-B", device))
         ref_it_s = median_round(ref)["it_s"] if ref else None
         peak = hardware_by_cap.get(cap, {}).get("fp32_peak_gflops")
         rows.append(format_row(label, device, result, ref_it_s, peak))

@@ -66,6 +66,28 @@ def test_help_lists_the_configurations():
 def test_config_names_and_options_are_checked():
     assert bench.parse_configs("ref-B,B:fp32+compile") == [("ref-B", []), ("B", ["fp32", "compile"])]
     assert bench.parse_configs("ref-B:avx2,B:avx2+unfused") == [("ref-B", ["avx2"]), ("B", ["avx2", "unfused"])]
-    for bad in ("C", "B:fp16", "ref-B:bf16"):
+    assert bench.parse_configs("ref-B:avx512bf16,B:avx512bf16") == [("ref-B", ["avx512bf16"]),
+                                                                    ("B", ["avx512bf16"])]
+    for bad in ("C", "B:fp16", "ref-B:bf16", "B:avx2+avx512bf16"):
         with pytest.raises(argparse.ArgumentTypeError, match="bad config"):
             bench.parse_configs(bad)
+
+
+@pytest.mark.parametrize("options, env", [([], {}), (["avx2", "unfused"], bench.CAPS["avx2"]),
+                                          (["avx512bf16"], {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})])
+def test_each_cap_runs_its_worker_under_that_instruction_set(monkeypatch, options, env):
+    """The worker process gets the cap's variables (and only those): the same machine as another CPU kind."""
+    seen = {}
+
+    def fake_run(command, capture_output, text, cwd, env):
+        seen.update(env)
+        return subprocess.CompletedProcess(command, 0, stdout=bench.RESULT_TAG + '{"it_s": 1.0}\n', stderr="")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    for key in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(key, raising=False)
+    assert bench.run_worker(bench.Job("B", options, "cpu", 1, 0, "", 0, "")) == {"it_s": 1.0}
+    capped = {key: seen[key] for key in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+              if key in seen}
+    assert capped == env
+    assert bench.cap_of(options) == next((o for o in options if o in bench.CAPS), "")
