@@ -5,11 +5,13 @@ by loaders/ (one file per family, docs/datasets.md) into the same interface.
 
 dSprites is held in memory bit-packed (737,280 × 64 × 8 bytes = 360 MiB, against
 11.25 GiB as float32) and unpacked to float per batch, on whatever device the
-batch is drawn on. Image folders (CelebA, 3DChairs, or any folder with --dataset folder)
-are decoded lazily by DataLoader workers, in grey (1 channel) or colour (3). Both draw their
-batch indices from `BatchOrder`, a pure function of (seed, step), so a resumed run sees
-exactly the batches it would have seen without the interruption. `--subset N` trains on a
-seeded random subset of any of them (`Subset`).
+batch is drawn on; its colour, noisy and scream variants (disentanglement_lib's,
+loaders/dsprites_variants.py) read the same file and draw a colour, noise or a patch of
+The Scream for every image of every batch. Image folders (CelebA, 3DChairs, or any folder with --dataset
+folder) are decoded lazily by DataLoader workers, in grey (1 channel) or colour (3).
+Both draw their batch indices from `BatchOrder`, a pure function of (seed, step), so a
+resumed run sees exactly the batches it would have seen without the interruption.
+`--subset N` trains on a seeded random subset of any of them (`Subset`).
 
 `dataset_spec(args)` is the table entry with the run's --channels, --distribution and --subset
 applied: what the model, the loss and the loader are built from.
@@ -27,6 +29,8 @@ import torch
 from PIL import Image
 
 from loaders import DataError  # raised here and by every reader
+from loaders.dsprites_variants import SCREAM_FILE, SCREAM_URL, DSpritesVariant, load_scream
+from loaders.dsprites_variants import VARIANTS as DSPRITES_VARIANTS
 
 DSPRITES_FILE = "dsprites-dataset/dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 DSPRITES_KEYS = ("imgs", "latents_classes")
@@ -60,6 +64,9 @@ class DatasetSpec:
     traverse_indices: dict = field(default_factory=dict)
     subset: int | None = None  # --subset: train on this many images, drawn with subset_seed (None: all)
     subset_seed: int = 0
+    # dSprites only: disentanglement_lib's variant whose observations draw pixels of their own ('color',
+    # 'noisy', 'scream': loaders/dsprites_variants.py); '' for the plain images.
+    variant: str = ""
 
     def path(self, dset_dir: str | Path) -> Path:
         return Path(dset_dir) / self.relpath
@@ -75,6 +82,20 @@ DATASETS: dict[str, DatasetSpec] = {
         kind="dsprites",
         traverse_indices={"fixed_square": 87040, "fixed_ellipse": 332800, "fixed_heart": 578560},
     ),
+    # disentanglement_lib's color_dsprites, noisy_dsprites and scream_dsprites: the same file and factors, 3
+    # channels, a colour (3 uniforms in [0.5, 1]), noise (64 × 64 × 3 uniforms) or a patch of The Scream
+    # (--dset_dir/scream/scream.jpg) drawn for every observation.
+    **{f"dsprites_{variant}": DatasetSpec(
+        name=f"dsprites_{variant}",
+        nc=3,
+        distribution="bernoulli",  # disentanglement_lib's likelihood on every dataset
+        relpath=DSPRITES_FILE,
+        source="https://github.com/deepmind/dsprites-dataset (the dSprites file; generated locally when missing)"
+        + (f", and The Scream at {SCREAM_FILE}: {SCREAM_URL}" if variant == "scream" else ""),
+        kind="dsprites",
+        traverse_indices={"fixed_square": 87040, "fixed_ellipse": 332800, "fixed_heart": 578560},
+        variant=variant,
+    ) for variant in DSPRITES_VARIANTS},
     "shapes3d": DatasetSpec(
         name="shapes3d",
         nc=3,
@@ -445,6 +466,9 @@ class Subset:
         self.full, self.nc, self.scale = full, full.nc, full.scale
         generator = torch.Generator().manual_seed(seed)
         self.indices = torch.randperm(len(full), generator=generator)[:size].sort().values  # (size,)
+        if hasattr(full, "training_batch"):  # a dSprites variant: new pixels for every training batch
+            self.training_batch = lambda indices, seed, step: full.training_batch(self.indices[indices.cpu()],
+                                                                                  seed, step)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -480,6 +504,9 @@ def load_dataset(spec: DatasetSpec, dset_dir: str | Path):
     if spec.kind == "dsprites":
         ensure_dsprites(path)
         data = load_dsprites(path)
+        if spec.variant:  # the same packed file, pixels drawn per observation
+            scream = load_scream(Path(dset_dir) / SCREAM_FILE) if spec.variant == "scream" else None
+            data = DSpritesVariant(data, spec.variant, scream)
     elif spec.kind in GRID_KINDS:
         data = load_grid(spec, path)
     elif not path.is_dir():
@@ -544,9 +571,16 @@ def batches(data, order: BatchOrder, start_step: int, device: torch.device, num_
     """Yield float batches (B, C, 64, 64) in [0, 1] on `device`, starting at `start_step`.
 
     In-memory data is gathered by index directly (no worker processes, no per-image
-    collation); folder data is decoded by DataLoader workers in the same order.
+    collation); folder data is decoded by DataLoader workers in the same order. A dSprites
+    variant renders each batch with colours, noise or patches drawn from (seed, step) (`training_batch`),
+    so those draws too are the same after a resume.
     """
     if getattr(getattr(data, "full", data), "in_memory", False):  # in memory, a subset of it too
+        training_batch = getattr(data, "training_batch", None)
+        if training_batch is not None:  # a dSprites variant: its draws come from (seed, step)
+            for step in range(start_step, 2**62):
+                yield training_batch(order.indices(step), order.seed, step).to(device, non_blocking=True)
+            return
         for step in range(start_step, 2**62):
             x = data.get(order.indices(step)).to(device, non_blocking=True).float()
             yield x if data.scale == 1.0 else x.mul_(data.scale)  # uint8 0..255 (Shapes3D, MPI3D, Cars3D) -> [0, 1]

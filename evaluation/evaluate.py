@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -162,9 +163,14 @@ def udr_indices(data, seed: int) -> torch.Tensor:
 
 def write_udr_sample(path: Path, cache: "CodeCache", indices: torch.Tensor) -> None:
     """codes (n, z) and, for an encoder with a posterior, each latent's mean KL (z,) on those images (n,)."""
-    arrays = {"indices": indices.numpy(), "codes": cache.codes[indices].numpy()}
-    if cache.logvar is not None:
-        logvar = cache.logvar[indices].double().numpy()
+    write_udr_arrays(path, indices, cache.codes[indices], None if cache.logvar is None else cache.logvar[indices])
+
+
+def write_udr_arrays(path: Path, indices: torch.Tensor, codes: torch.Tensor, logvar: torch.Tensor | None) -> None:
+    """UDR's sample file from the images' dataset indices (n,), their codes (n, z) and logσ² (n, z) or None."""
+    arrays = {"indices": indices.numpy(), "codes": codes.numpy()}
+    if logvar is not None:
+        logvar = logvar.double().numpy()
         arrays["kl"] = (0.5 * (arrays["codes"].astype(np.float64) ** 2 + np.exp(logvar) - logvar - 1)).mean(axis=0)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -180,13 +186,18 @@ def evaluate(encoder, data, device: torch.device, step: int, out_dir: Path, seed
     fp32, codes exact to float rounding). `provenance` holds what only the caller knows (see
     _provenance): the checkpoint, the precision's reason, the method, model, dataset name and path, the
     run's config. `progress` shows a progress bar per stage; the score table is printed at the end. A
-    subset of a dataset (an object with `.full`, as --subset makes) is scored on the whole dataset.
+    subset of a dataset (an object with `.full`, as --subset makes) is scored on the whole dataset. A dSprites
+    variant (data with `observe_chunks`: colour, noise or scream drawn per observation) has no code cache:
+    every image is rendered where disentanglement_lib draws it and encoded (_evaluate_observed).
     Returns {'iter', 'scores' and 'summary' (data with factors), 'latents', 'matrices', 'provenance',
     'note' (data without factors)}.
     """
     start = time.perf_counter()
     if getattr(data, "full", None) is not None:
         data = data.full  # a --subset is scored on the dataset it was drawn from
+    if hasattr(data, "observe_chunks"):  # a dSprites variant: new pixels at every draw, no code cache
+        return _evaluate_observed(encoder, data, device, step, out_dir, seed, scale, autocast_dtype,
+                                  dci_estimator, provenance, progress, start)
     has_factors = getattr(data, "has_factors", False)
     cache = CodeCache(encoder, data, device, autocast_dtype, progress=progress)
     ground_truth = IndexedFactors(data) if has_factors else None
@@ -208,30 +219,197 @@ def evaluate(encoder, data, device: torch.device, step: int, out_dir: Path, seed
     if has_factors:
         result["scores"] = metrics.evaluate_all(ground_truth, cache, seed=seed, scale=scale,
                                                 dci_estimator=dci_estimator, progress=progress)
+    logvar = cache.logvar
+    return _finish(result, data, cache.codes[reported], None if logvar is None else logvar[reported], reported,
+                   udr_sample, cache.codes[udr_sample], None if logvar is None else logvar[udr_sample], cache,
+                   device, step, out_dir, seed, scale, autocast_dtype, dci_estimator, provenance, progress, start,
+                   encoding_seconds)
+
+
+def _finish(result: dict, data, report_codes: torch.Tensor, report_logvar: torch.Tensor | None,
+            reported: torch.Tensor, udr_sample: torch.Tensor, udr_codes: torch.Tensor,
+            udr_logvar: torch.Tensor | None, codes_source, device: torch.device, step: int, out_dir, seed: int,
+            scale: float, autocast_dtype, dci_estimator: str, provenance: dict | None, progress: bool,
+            start: float, encoding_seconds: float | None) -> dict:
+    """evaluate()'s common end, from the scores (in result, where the data has factors) and the codes of the
+    latent report's images and of UDR's sample: the latent report, matrices, provenance and the files.
+    `codes_source` (a CodeCache, or what stands for one) tells the provenance how the codes were made."""
+    has_factors = "scores" in result
     report_start = time.perf_counter()
     with tqdm(total=1, desc="latent report", leave=False, disable=not progress) as bar:
         factors = _factors_of(data, reported.numpy()) if has_factors else None
         result["latents"] = metrics.latent_report(
-            cache.codes[reported].numpy(), None if cache.logvar is None else cache.logvar[reported].numpy(),
+            report_codes.numpy(), None if report_logvar is None else report_logvar.numpy(),
             factors, getattr(data, "factor_names", None))
         bar.update()
     report_seconds = time.perf_counter() - report_start
-    z_dim = cache.codes.shape[1]
+    z_dim = report_codes.shape[1]
     if has_factors:
-        result["scores"]["seconds"].update(encoding=encoding_seconds, latent_report=report_seconds,
-                                           total=time.perf_counter() - start)
+        if encoding_seconds is not None:  # None: each score's images were drawn and encoded within its time
+            result["scores"]["seconds"]["encoding"] = encoding_seconds
+        result["scores"]["seconds"].update(latent_report=report_seconds, total=time.perf_counter() - start)
         result["summary"] = metrics.summary_scores(result["scores"])
         result["matrices"] = _matrices(result["scores"], z_dim, data.factor_names)
     else:
         result["matrices"] = {}
         result["note"] = ("this dataset has no ground-truth factors, so only the latent report is given; "
                           "the disentanglement scores need factor labels (dSprites has them).")
-    result["provenance"] = _provenance(provenance or {}, cache, data, device, step, seed, scale,
+    result["provenance"] = _provenance(provenance or {}, codes_source, data, device, step, seed, scale,
                                        autocast_dtype, dci_estimator, len(reported))
     write_result(result, Path(out_dir), step, scale)
-    write_udr_sample(Path(out_dir) / f"{result_stem(step, scale)}_udr_sample.npz", cache, udr_sample)
+    write_udr_arrays(Path(out_dir) / f"{result_stem(step, scale)}_udr_sample.npz", udr_sample, udr_codes,
+                     udr_logvar)
     tqdm.write(format_result(result))
     return result
+
+
+# ----------------------------------------------------------------------------------------- drawn observations
+
+
+class ObservedCodes:
+    """The representation the scores use on data whose every draw renders new pixels (the dSprites colour
+    and noisy variants): images are handed in as they are drawn (`add`, which gives back their observation
+    ids, 0, 1, ... in draw order) and encoded in batches; ids (n,) -> codes (n, z), numpy.
+
+    Nothing is cached by dataset index, since the same factors give other pixels at the next draw: every
+    drawn image is encoded (images_drawn(scale) of them for the scores, about 2.95 million at scale 1), and
+    only its code is kept (z float32 numbers; logσ² too with keep_logvar). Images wait until `batch_size` per
+    thread are pending (512 × 3 × 64 × 64 float32 = 24 MiB each), then run through the encoder's own encode
+    (no SparseEncoder: noise leaves no blank), in threads on a CPU (map_batches)."""
+
+    def __init__(self, encoder, device: torch.device, autocast_dtype: torch.dtype | None = None,
+                 keep_logvar: bool = False, capacity: int = 0, batch_size: int = 512, bar=None):
+        self.encoder = copy.deepcopy(encoder).eval()
+        self.sparse = None  # provenance: encoded with encode()
+        self.device, self.autocast_dtype, self.batch_size = device, autocast_dtype, batch_size
+        self.keep_logvar, self.bar = keep_logvar, bar
+        self._codes = torch.zeros(capacity, encoder.z_dim)
+        self._logvar: torch.Tensor | None = None
+        self.count = 0  # observations given an id
+        self.encoded = 0  # observations encoded (ids 0 .. encoded - 1)
+        self._pending: list[torch.Tensor] = []
+        self._pending_count = 0
+
+    @property
+    def codes(self) -> torch.Tensor:
+        return self._codes[:self.encoded]
+
+    @property
+    def logvar(self) -> torch.Tensor | None:
+        return None if self._logvar is None else self._logvar[:self.encoded]
+
+    def add(self, images: torch.Tensor) -> np.ndarray:
+        """Float images (k, C, 64, 64) in [0, 1] -> their observation ids (k,); encoded when a batch is full."""
+        ids = np.arange(self.count, self.count + len(images), dtype=np.int64)
+        self.count += len(images)
+        self._pending.append(images)
+        self._pending_count += len(images)
+        threads = torch.get_num_threads() if self.device.type == "cpu" else 1
+        if self._pending_count >= self.batch_size * threads:
+            self.flush()
+        return ids
+
+    def flush(self) -> None:
+        """Encode every pending image."""
+        if not self._pending:
+            return
+        images = torch.cat(self._pending)
+        self._pending, self._pending_count = [], 0
+        for codes, logvar in map_batches(self._encode_batch, list(images.split(self.batch_size)), self.device):
+            end = self.encoded + len(codes)
+            if end > len(self._codes):
+                self._codes = torch.cat([self._codes, torch.zeros(max(end, 2 * len(self._codes)) - len(self._codes),
+                                                                  self._codes.shape[1])])
+            self._codes[self.encoded:end] = codes
+            if logvar is not None and self.keep_logvar:
+                if self._logvar is None or len(self._logvar) < len(self._codes):
+                    grown = torch.zeros_like(self._codes)
+                    if self._logvar is not None:
+                        grown[:len(self._logvar)] = self._logvar
+                    self._logvar = grown
+                self._logvar[self.encoded:end] = logvar
+            self.encoded = end
+            if self.bar is not None:
+                self.bar.update(len(codes))
+
+    def _encode_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.no_grad(), autocast(self.device, self.autocast_dtype):  # both are per thread
+            codes, logvar = self.encoder.encode(images.to(self.device))
+        return codes.float().cpu(), None if logvar is None else logvar.float().cpu()
+
+    def __call__(self, ids) -> np.ndarray:
+        self.flush()
+        return self._codes[torch.from_numpy(np.asarray(ids, dtype=np.int64))].numpy()
+
+
+class ObservedFactors:
+    """The ground-truth interface for such data, handing out observation ids instead of images.
+
+    `observe` (metrics.observe: where disentanglement_lib calls sample_observations_from_factors, after the
+    factors, from the same random state) renders the observations with the library's draws from that state
+    (the data's observe_chunks), hands them to `codes` and returns the factors followed by each image's id.
+    `images_for_factors` gives those ids back, for `codes` to look up. The scores' labels are the factors."""
+
+    def __init__(self, data, codes: ObservedCodes):
+        self.data, self.codes = data, codes
+        self.factor_names, self.factor_sizes = data.factor_names, data.factor_sizes
+
+    def sample_factors(self, n: int, rng: np.random.RandomState) -> np.ndarray:
+        return self.data.sample_factors(n, rng)
+
+    def observe(self, factors: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+        """(n, F) factors -> (n, F + 1) rows: the factors and the id of the image drawn for them."""
+        ids = self.observe_indices(self.data.indices_for_factors(factors).numpy(), rng)
+        return np.column_stack([np.asarray(factors, dtype=np.int64), ids])
+
+    def observe_indices(self, indices: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+        """The images of dataset indices (n,), drawn as one library call from rng -> their ids (n,)."""
+        ids = [self.codes.add(images) for images in self.data.observe_chunks(indices, rng)]
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+
+    def images_for_factors(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(rows)[:, -1]
+
+
+def _evaluate_observed(encoder, data, device: torch.device, step: int, out_dir, seed: int, scale: float,
+                       autocast_dtype, dci_estimator: str, provenance: dict | None, progress: bool,
+                       start: float) -> dict:
+    """evaluate() for data whose observations draw pixels of their own (data.observe_chunks): every image is
+    rendered where the library draws it, from the same random state, and encoded (ObservedCodes).
+
+    The latent report's images (report_indices) get their colours or noise from RandomState(seed), in one
+    draw; UDR's sample is drawn as the library draws it (factors, then the observations, 10 at a time);
+    each score from its own RandomState(seed), as for any dataset."""
+    has_factors = getattr(data, "has_factors", False)
+    reported = report_indices(len(data), seed, scale)
+    total = len(reported) + udr.NUM_POINTS + (metrics.images_drawn(scale) if has_factors else 0)
+    with tqdm(total=total, desc="drawing and encoding", unit="img", unit_scale=True, leave=False,
+              disable=not progress) as bar:
+        report = ObservedCodes(encoder, device, autocast_dtype, keep_logvar=True, capacity=len(reported), bar=bar)
+        ObservedFactors(data, report).observe_indices(reported.numpy(), np.random.RandomState(seed))
+        report.flush()
+        sample = ObservedCodes(encoder, device, autocast_dtype, keep_logvar=True, capacity=udr.NUM_POINTS, bar=bar)
+        sampler, rng = ObservedFactors(data, sample), np.random.RandomState(seed)
+        if has_factors:
+            rows = udr.sample_factor_batches(sampler, rng)
+            udr_sample = data.indices_for_factors(metrics.labels(sampler, rows))
+        else:
+            udr_sample = torch.from_numpy(rng.randint(len(data), size=udr.NUM_POINTS).astype(np.int64))
+            sampler.observe_indices(udr_sample.numpy(), rng)
+        sample.flush()
+        result: dict = {"iter": step}
+        encoded = report.encoded + sample.encoded
+        if has_factors:
+            codes = ObservedCodes(encoder, device, autocast_dtype, capacity=metrics.images_drawn(scale), bar=bar)
+            result["scores"] = metrics.evaluate_all(ObservedFactors(data, codes), codes, seed=seed, scale=scale,
+                                                    dci_estimator=dci_estimator, progress=progress)
+            encoded += codes.encoded
+    # What the provenance reads of a CodeCache: the encoder, its path, whether it has a posterior, the count.
+    provenance_codes = SimpleNamespace(encoder=report.encoder, sparse=None, codes=report.codes,
+                                       logvar=report.logvar, encoded=encoded)
+    return _finish(result, data, report.codes[:len(reported)], report.logvar, reported, udr_sample,
+                   sample.codes, sample.logvar, provenance_codes, device, step, out_dir, seed, scale,
+                   autocast_dtype, dci_estimator, provenance, progress, start, None)
 
 
 # ----------------------------------------------------------------------------------------- result parts
@@ -266,8 +444,12 @@ def _provenance(given: dict, cache: CodeCache, data, device: torch.device, step:
     dataset = dict(given.get("dataset") or {})
     dataset.update(images=len(data), **_dataset_identity(dataset.get("path"), data))
     precision = {None: "fp32", torch.bfloat16: "bf16"}.get(autocast_dtype, str(autocast_dtype))
+    observed = {} if not hasattr(data, "observe_chunks") else {"observations": (
+        f"dSprites {data.variant}: every drawn image rendered with disentanglement_lib's draws from the score's "
+        "random state, after the factors, and encoded (no code cache); the latent report's colours or noise "
+        "from RandomState(seed)")}
     return {
-        "protocol": {
+        "protocol": {**observed,
             "name": PROTOCOL_NAME, "scale": scale, "comparable_with_published": scale == 1.0,
             "note": None if scale == 1.0 else
             f"scale {scale:g}: every sample count is {scale:g} of the published protocol's; "
