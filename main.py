@@ -14,11 +14,15 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+import torch
+
 from dataset import CHANNELS, DATASETS, DISTRIBUTIONS, BatchOrder, DataError, dataset_spec, load_dataset
+from hardware.calibrate import cache_key, choose_by_timing
 from hardware.precision import CHOICES as PRECISIONS
-from hardware.precision import announce, choose
+from hardware.precision import PRECISIONS as PRECISION_DTYPES
+from hardware.precision import PrecisionChoice, announce, choose
 from hardware.sizes import SizeError, available_memory, check_sizes, is_out_of_memory, memory_advice
-from hardware.threads import apply_threads, busy_warning
+from hardware.threads import ThreadGovernor, apply_threads, cpu_use, threads_for_busy
 from methods import (
     METHODS,
     OPTIMIZER_DEFAULTS,
@@ -35,7 +39,7 @@ from model import MODELS
 from monitoring.loggers import build_logger
 from monitoring.pictures import OutputWriter
 from solver import Interrupted, NonFiniteLoss, Schedule, Solver, stop_raises
-from storage.checkpoint import CheckpointError
+from storage.checkpoint import CheckpointError, load_checkpoint
 from storage.checkpointer import Checkpointer
 from storage.resume import checkpoint_path, resume
 from storage.runlock import RunLock, RunLocked
@@ -82,14 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="iterations to train (float literals such as 1.5e6 work)")
     run.add_argument("--batch_size", default=64, type=positive(int), help="images per iteration")
     run.add_argument("--threads", default=0, type=non_negative(int),
-                     help="CPU threads for torch (and numba's DCI trees); 0: torch's choice, one per core. A run "
-                          "that starts on a busy machine says so and which --threads would fit")
+                     help="CPU threads for torch (and numba's DCI trees). 0: torch's choice, one per core, fewer "
+                          "while other processes keep cores busy (at the start and while training; the run says "
+                          "so). N: exactly N, with a warning on a busy machine")
     run.add_argument("--precision", default="auto", choices=PRECISIONS,
-                     help="forward-pass precision, in training and in evaluation's encoder. auto: bf16 autocast "
-                          "where the hardware runs bf16 natively (a recent GPU; a CPU with AVX512-BF16 or AMX, "
-                          "unless ONEDNN_MAX_CPU_ISA/ATEN_CPU_CAPABILITY cap it), fp32 elsewhere; the run's first "
-                          "line says which and why. bf16: always (emulated, many times slower, on other CPUs). "
-                          "fp32: the reference's numerics. Weights, optimiser state and losses stay fp32")
+                     help="forward-pass precision, in training and in evaluation's encoder. auto: fp32 where "
+                          "bf16 would be emulated; bf16 on a GPU that runs it natively; on a CPU with AVX512-BF16 "
+                          "or AMX (uncapped by ONEDNN_MAX_CPU_ISA/ATEN_CPU_CAPABILITY), the faster of the two, "
+                          "timed on this run's own step once per setting and cached; a resumed run keeps its "
+                          "checkpoint's; the run's first line says which and why. bf16: always (emulated, many "
+                          "times slower, on other CPUs). fp32: the reference's numerics. Weights, optimiser state "
+                          "and losses stay fp32")
     run.add_argument("--channels_last", default=True, type=str2bool,
                      help="NHWC layout for the conv weights and batches: the same arithmetic in another order, "
                           "faster on CPU (bench.py)")
@@ -329,20 +336,73 @@ def keep_other_evaluation(out_dir: Path, step: int, args: argparse.Namespace, pr
                                "it is kept and nothing was evaluated. Move it away, or pass another --output_dir.")
 
 
+def pick_threads(requested: int, device: torch.device) -> tuple[int, str | None]:
+    """--threads, or on a CPU whose cores other processes keep busy, fewer (hardware/threads.py); with what to say."""
+    threads = apply_threads(requested)
+    if device.type != "cpu" or threads == 1:
+        return threads, None
+    chosen, message = threads_for_busy(requested, threads, cpu_use())
+    return apply_threads(chosen), message
+
+
+def pick_precision(args: argparse.Namespace, device: torch.device, spec, busy: bool = False) -> PrecisionChoice:
+    """--precision: the rule of hardware/precision.py, or, for auto where bf16 runs natively on a CPU, the faster
+    of fp32 and bf16 by timing this run's own step (hardware/calibrate.py). A resumed run keeps its checkpoint's."""
+    rule = choose(args.precision, device)
+    # Not timed: PCA and ICA (no step), and --compile (compiling both variants would cost minutes).
+    if args.precision != "auto" or rule.name != "bf16" or device.type != "cpu" or args.compile or \
+            not getattr(METHODS[args.objective].build, "iterative", True):
+        return rule
+    try:
+        resumed = args.train and checkpoint_path(args).is_file()
+        saved = load_checkpoint(checkpoint_path(args)).get("config") if resumed else None
+    except CheckpointError:
+        saved = None  # resume() says what is wrong with it
+    if isinstance(saved, dict) and saved.get("precision_used") in PRECISION_DTYPES:
+        return PrecisionChoice(saved["precision_used"], "auto: kept from the checkpoint this run resumes, so "
+                                                        "the run goes on in the arithmetic it began in")
+    what = "training step" if args.train else "encoder's forward pass"
+    key = cache_key(what, objective=args.objective, model=args.model, z_dim=args.z_dim, batch=args.batch_size,
+                    nc=spec.nc, channels_last=args.channels_last)
+    steps = {name: timed_step(args, spec, device, dtype) for name, dtype in PRECISION_DTYPES.items()}
+    return choose_by_timing(rule, key, steps, what, busy)
+
+
+def timed_step(args: argparse.Namespace, spec, device: torch.device, dtype):
+    """One call of what the run repeats, in `dtype`: a training step of a fresh method on a batch of noise (the
+    time of these dense convolutions does not depend on the pixels), or, for --train False, an encoder pass."""
+    compute = Compute(device, dtype, args.channels_last, args.compile)
+
+    def step():
+        if "method" not in made:  # built on the first call: timing failures are caught in one place
+            made["method"] = build_method(args, spec.nc, spec.distribution, compute)
+            made["x"] = torch.rand(args.batch_size if args.train else 256, spec.nc, 64, 64, device=device)
+        method, x = made["method"], made["x"]
+        if args.train:
+            method.train_step(x, 1)
+        else:
+            with torch.no_grad(), compute.autocast():
+                method.encoder.encode(compute.layout(x))
+
+    made: dict = {}
+    return step
+
+
 def build_solver(args: argparse.Namespace) -> Solver:
     spec = dataset_spec(args)  # the table's entry with this run's --channels, --distribution and --subset
     keep_freed_memory()  # every step reuses the last step's memory instead of mapping it afresh
     device = pick_device(args.cuda)
-    precision = choose(args.precision, device)
-    print(announce(precision))
-    threads = apply_threads(args.threads)
-    busy = busy_warning(threads) if device.type == "cpu" else None
+    default_threads = torch.get_num_threads()
+    threads, busy = pick_threads(args.threads, device)  # before any timing: the choice depends on the threads
     if busy:
         print(busy, file=sys.stderr)
     seed_everything(args.seed)
     data = load_dataset(spec, args.dset_dir)
     for warning in check_sizes(args, len(getattr(data, "full", data)), available_memory(device), available_memory()):
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    # After the size checks: timing runs a training step at the run's batch size, which must fit first.
+    precision = pick_precision(args, device, spec, busy=busy is not None)
+    print(announce(precision))
     if hasattr(data, "to"):
         data = data.to(device)  # in-memory data lives where the model does: no host->device copy per batch
     compute = Compute(device, precision.dtype, args.channels_last, args.compile)
@@ -369,6 +429,10 @@ def build_solver(args: argparse.Namespace) -> Solver:
         num_workers=args.num_workers, start_step=start_step,
         evaluator=make_evaluator(data, device, run_dir, args, spec, precision, evaluated),
     )
+    if not args.threads and device.type == "cpu" and hasattr(data, "to"):
+        # Threads follow other jobs' use of the CPUs while training (hardware/threads.py). Not with folder
+        # data: its DataLoader workers are this run's own processes, and would count as other jobs.
+        solver.pace = ThreadGovernor(default_threads, threads)
     if checkpoint is not None:
         solver.checkpointer.resumed_step = start_step
         if args.train:

@@ -169,6 +169,9 @@ class Solver:
         # Called before each write into the run's folders; main.py sets RunLock.ensure: folders deleted
         # mid-run are recreated under the lock, never silently without it.
         self.guard = lambda: None
+        # Called between steps; returns a line to print or None. main.py sets a ThreadGovernor, which gives
+        # threads back while another job uses the CPUs (hardware/threads.py).
+        self.pace = lambda: None
         self.stats = RunningStats(method.stat_sizes(), device, method.per_latent_stats)
         self.last_record: dict | None = None
         self._seconds_before, self._segment_start = 0.0, None  # train_seconds(): earlier sessions, this one
@@ -264,6 +267,9 @@ class Solver:
                     self.step += 1
                     stats = self.train_step(x)
                     bar.update(1)
+                    note = self.pace()
+                    if note:
+                        tqdm.write(note)
                     self._periodic(x, stats, bar)
                 if received:
                     self._interrupt(received[0])

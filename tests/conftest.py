@@ -1,12 +1,23 @@
 """Shared fixtures: small datasets written to temporary folders, and the repository paths."""
 
+import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# The suite runs in one worker per core (scripts/test.sh), so one torch thread each, set before torch starts
+# OpenMP: two-thread workers would wait on each other's cores, and a run that saw busy cores would pick its own
+# thread count (hardware/threads.py), so that two runs a test compares might compute in different orders.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# --precision auto times fp32 against bf16 once per setting and caches the choice in the user's cache folder
+# (hardware/calibrate.py); the tests, and the runs they start, keep theirs in a folder of their own.
+os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="betavae-test-cache-"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -1,6 +1,7 @@
 """bench.py runs end to end in its smoke-test mode and prints its table; no timing is asserted."""
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -91,3 +92,20 @@ def test_each_cap_runs_its_worker_under_that_instruction_set(monkeypatch, option
               if key in seen}
     assert capped == env
     assert bench.cap_of(options) == next((o for o in options if o in bench.CAPS), "")
+
+
+def test_the_contention_bench_measures_one_trainer_alone_and_two_together(tiny_dsprites):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.contention", "--cases", "alone,pair:keep",
+                           "--seconds", "1", "--gap", "0", "--dset_dir", str(tiny_dsprites)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| case")}
+    assert set(rows) == {"alone", "pair:keep"}
+    assert rows["alone"][5] == "1.00×" and float(rows["alone"][4]) > 0
+    each = [float(r) for r in rows["pair:keep"][3].split(" + ")]
+    assert len(each) == 2 and all(r > 0 for r in each)  # both trainers counted over the same window
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert rows["pair:keep"][1] == f"{default} + {default}"  # :keep gives both torch's default threads
