@@ -536,6 +536,10 @@ def report(results: dict, hardware_by_cap: dict, args, notes: list[str]) -> None
     notes.append(f"Batch {BATCH}; {args.iters} timed iterations after {args.warmup} of warm-up; warm-up s includes "
                  "one-off costs such as torch.compile."
                  + (f" Each row is the median-it/s round of {args.rounds}." if args.rounds > 1 else ""))
+    if args.rounds > 1:  # the spread behind each median: a shared machine's noise, shown rather than hidden
+        notes.append("it/s of every round: " + "; ".join(
+            f"{label}{'' if device == 'cpu' else f' ({device})'} "
+            + ", ".join(f"{r['it_s']:.2f}" for r in rounds) for (label, device), rounds in results.items()) + ".")
     held = [r["images"] for (label, _), rounds in results.items() if label == "ref-B" for r in rounds]
     if held:
         notes.append(f"‡ ref-B held a random {held[0]:,}-image subset as float32 (per-iteration cost does not depend "

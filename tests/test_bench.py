@@ -109,3 +109,17 @@ def test_the_contention_bench_measures_one_trainer_alone_and_two_together(tiny_d
     default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
                              capture_output=True, text=True, check=True).stdout.strip()
     assert rows["pair:keep"][1] == f"{default} + {default}"  # :keep gives both torch's default threads
+
+
+def test_every_rounds_it_s_is_shown_beside_the_median(capsys):
+    def result(it_s):
+        return {"it_s": it_s, "flops": 4.7e9, "peak_rss_mib": 840.0, "faults": 0.0, "data_wait": 0.01,
+                "warmup_s": 0.5, "options": "fp32+channels_last", "images": 8192}
+
+    results = {("ref-B", "cpu"): [result(11.0), result(12.5), result(11.6)],
+               ("B", "cpu"): [result(26.8), result(22.8), result(28.9)]}
+    args = argparse.Namespace(rounds=3, iters=60, warmup=10, threads=0)
+    bench.report(results, {}, args, [])
+    out = capsys.readouterr().out
+    assert "it/s of every round: ref-B 11.00, 12.50, 11.60; B 26.80, 22.80, 28.90." in out
+    assert "2.31× the reference pipeline's it/s (26.80 vs 11.60)" in out  # the median rounds' ratio
