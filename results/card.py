@@ -106,6 +106,10 @@ def card_text(facts: dict, full_txt: str | None, curves: list[str], pictures: li
         lines += [f"## Latest scores (iteration {facts['latest']['iter']:,}, --eval_scale "
                   f"{facts['latest']['scale']:g}: not comparable with published numbers)", "",
                   *_score_table(facts["latest"]["summary"]), ""]
+        if facts["latest"].get("text"):  # its latent report: which factor each active latent follows
+            lines += ["```text", facts["latest"]["text"].strip(), "```", ""]
+    if facts.get("observations"):
+        lines += ["## Observations", "", facts["observations"].strip(), ""]
     if pictures:
         lines += ["## Traversals and reconstructions", ""]
         lines += [f"![{name}]({name})" for name in pictures] + [""]
@@ -117,7 +121,7 @@ def card_text(facts: dict, full_txt: str | None, curves: list[str], pictures: li
 
 
 def build(name: str, command: str, show: str, title: str, ckpt_dir: Path, output_dir: Path, dest: Path,
-          dset_dir: str, extra_seconds: float = 0.0, check: bool = True) -> Path:
+          dset_dir: str, extra_seconds: float = 0.0, check: bool = True, observations: str = "") -> Path:
     from storage.checkpoint import load_checkpoint
     from utils import atomic_write
 
@@ -137,6 +141,7 @@ def build(name: str, command: str, show: str, title: str, ckpt_dir: Path, output
                    "not recorded (a session before checkpoints recorded it)",
         "precision": f"{config.get('precision_used')} ({config.get('precision_reason')})",
         "checkpoint_mib": (folder / "last").stat().st_size / 2**20,
+        "observations": observations,
     }
     if extra_seconds:
         facts["time_note"] = f", of which {extra_seconds:,.0f} s from a session before train_seconds was recorded"
@@ -154,6 +159,9 @@ def build(name: str, command: str, show: str, title: str, ckpt_dir: Path, output
     if evals:
         facts["latest"] = {"iter": evals[-1]["iter"], "scale": config.get("eval_scale", 1.0),
                            "summary": evals[-1]["eval"]}
+        scaled = latest_eval(run_dir, facts["latest"]["scale"])
+        if scaled is not None and scaled.with_suffix(".txt").exists():
+            facts["latest"]["text"] = scaled.with_suffix(".txt").read_text()
     if (run_dir / "metrics.jsonl").exists():
         shutil.copyfile(run_dir / "metrics.jsonl", folder / "metrics.jsonl")
     pictures = _copy_pictures(run_dir, folder)
@@ -205,14 +213,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extra_seconds", type=float, default=0.0,
                    help="training time of sessions that did not record train_seconds")
     p.add_argument("--no_check", action="store_true", help="skip the small-scale scores (in-progress cards)")
+    p.add_argument("--observations", type=Path, default=None,
+                   help="a Markdown file: what was seen of the run (a missed target, and why), shown on the card")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     show = args.show or f"{args.command} --train False --eval_metrics True --ckpt_dir pretrained"
+    observations = args.observations.read_text() if args.observations else ""
     folder = build(args.name, args.command, show, args.title, args.ckpt_dir, args.output_dir, args.dest,
-                   args.dset_dir, args.extra_seconds, check=not args.no_check)
+                   args.dset_dir, args.extra_seconds, check=not args.no_check, observations=observations)
     print(f"wrote {folder}/README.md")
     return 0
 

@@ -36,3 +36,13 @@ def test_the_card_builder_finds_the_full_protocol_and_writes_the_card(tmp_path):
     text = card_text(facts, "table", ["curves/a.png"], ["traverse_fixed_heart.gif"])
     assert "**in progress**: iteration 5 of 10" in text and "| BetaVAE | 0.900 |" in text and "| MIG | 0.250 |" in text
     assert "2.0 h (7,200 s)" in text and "![traverse_fixed_heart.gif](traverse_fixed_heart.gif)" in text
+
+
+def test_an_in_progress_card_shows_its_latest_latent_report_and_the_observations():
+    facts = {"name": "m", "title": "t", "finished": False, "iter": 5, "max_iter": 10, "command": "c", "show": "s",
+             "seed": 1, "train_seconds": 60.0, "machine": "x", "precision": "fp32", "checkpoint_mib": 1.0,
+             "latest": {"iter": 4, "scale": 0.1, "summary": {"mig": 0.02}, "text": "z1  posY (0.12)"},
+             "observations": "Two latents hold all the capacity."}
+    text = card_text(facts, None, [], [])
+    assert "## Latest scores (iteration 4, --eval_scale 0.1" in text and "```text\nz1  posY (0.12)\n```" in text
+    assert "## Observations\n\nTwo latents hold all the capacity." in text
