@@ -398,7 +398,15 @@ def build_solver(args: argparse.Namespace) -> Solver:
         print(busy, file=sys.stderr)
     seed_everything(args.seed)
     data = load_dataset(spec, args.dset_dir)
-    for warning in check_sizes(args, len(getattr(data, "full", data)), available_memory(device), available_memory()):
+    full = getattr(data, "full", data)
+    # The images whose codes an evaluation holds: each dataset image once, or, where every draw renders new
+    # pixels (the dSprites variants), every image the protocol draws (about 2.95 million at scale 1).
+    encoded = len(full)
+    if hasattr(full, "observe_chunks"):
+        from evaluation.metrics import images_drawn  # here: the scores' imports are not needed before
+
+        encoded = images_drawn(args.eval_scale)
+    for warning in check_sizes(args, encoded, available_memory(device), available_memory()):
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     # After the size checks: timing runs a training step at the run's batch size, which must fit first.
     precision = pick_precision(args, device, spec, busy=busy is not None)

@@ -331,3 +331,17 @@ def test_every_score_and_the_report_on_each_variant(variant, tmp_path):
     # The same evaluation again gives the same numbers.
     again = evaluate(LinearVAE(), data, CPU, 7, tmp_path / "again", seed=3, scale=scale, progress=False)
     assert again["summary"] == result["summary"]
+
+
+def test_the_memory_check_counts_every_image_the_protocol_draws_on_a_variant(tmp_path, tiny_dsprites, monkeypatch,
+                                                                              capsys):
+    import main as main_module
+
+    seen = []
+    real = main_module.check_sizes
+    monkeypatch.setattr(main_module, "check_sizes", lambda args, images, *rest: seen.append(images) or
+                        real(args, images, *rest))
+    argv = run_args(tmp_path, tiny_dsprites, "--dataset", "dsprites_color", "--viz_name", "sizes", "--max_iter", "0",
+                    "--eval_metrics", "True", "--eval_scale", "0.5")
+    assert main(argv) == 0
+    assert seen == [metrics.images_drawn(0.5)]  # not the 256 images of the file: each draw is a new image
