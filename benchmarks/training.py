@@ -530,9 +530,13 @@ def report(results: dict, hardware_by_cap: dict, args, notes: list[str]) -> None
         if ref_it_s and label.split(":")[0] == "B":
             share = (f", {100 * result['flops'] / 1e9 * result['it_s'] / peak:.0f}% of the fp32 matrix-product "
                      f"peak" if peak and device == "cpu" else "")
+            # Each round runs ours right after the reference, so a round's ratio sees one spell of the machine.
+            per_round = sorted(r["it_s"] / q["it_s"] for r, q in zip(rounds, ref, strict=False))
+            paired = (f"; the median of the {len(per_round)} rounds' own ratios is "
+                      f"{per_round[(len(per_round) - 1) // 2]:.2f}×" if len(per_round) > 1 else "")
             ratios.append(f"dSprites B on {device} ({label}: {result['options']}): "
                           f"{result['it_s'] / ref_it_s:.2f}× the reference pipeline's it/s "
-                          f"({result['it_s']:.2f} vs {ref_it_s:.2f}){share}.")
+                          f"({result['it_s']:.2f} vs {ref_it_s:.2f}){share}{paired}.")
     notes.append(f"Batch {BATCH}; {args.iters} timed iterations after {args.warmup} of warm-up; warm-up s includes "
                  "one-off costs such as torch.compile."
                  + (f" Each row is the median-it/s round of {args.rounds}." if args.rounds > 1 else ""))

@@ -123,3 +123,4 @@ def test_every_rounds_it_s_is_shown_beside_the_median(capsys):
     out = capsys.readouterr().out
     assert "it/s of every round: ref-B 11.00, 12.50, 11.60; B 26.80, 22.80, 28.90." in out
     assert "2.31× the reference pipeline's it/s (26.80 vs 11.60)" in out  # the median rounds' ratio
+    assert "the median of the 3 rounds' own ratios is 2.44×" in out  # rounds: 2.44, 1.82, 2.49
