@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_equal, run_args
+from conftest import TinySprites, assert_equal, run_args
 from PIL import Image
 from torch import nn
 
@@ -24,33 +24,6 @@ SUMMARY_KEYS = {"beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_com
                 "sap", "irs", "modularity", "explicitness", "gaussian_total_correlation",
                 "gaussian_wasserstein_correlation", "mutual_info_score"}
 CPU = torch.device("cpu")
-
-
-class Grid:
-    """A dSprites-like dataset with a full grid of 60 images: a square of 3 sizes at 4 × 5 positions, with
-    dataset.DSprites' interface (uint8 0/1 images (B, 1, 64, 64), latents_classes with a colour column)."""
-
-    factor_names, factor_sizes, has_factors = ("size", "posX", "posY"), (3, 4, 5), True
-
-    def __init__(self):
-        grid = np.stack(np.meshgrid(*[np.arange(s) for s in self.factor_sizes], indexing="ij"), -1).reshape(-1, 3)
-        self.latents_classes = np.concatenate([np.zeros((len(grid), 1), np.int64), grid], axis=1)
-        self.images = torch.zeros(len(grid), 1, 64, 64, dtype=torch.uint8)
-        for i, (size, x, y) in enumerate(grid):
-            side, top, left = 4 + 4 * size, 6 + 11 * y, 6 + 11 * x
-            self.images[i, 0, top:top + side, left:left + side] = 1
-
-    def __len__(self):
-        return len(self.images)
-
-    def get(self, indices):
-        return self.images[torch.as_tensor(indices)]
-
-    def sample_factors(self, n, rng):
-        return np.stack([rng.randint(s, size=n) for s in self.factor_sizes], axis=1).astype(np.int64)
-
-    def indices_for_factors(self, factors):
-        return torch.from_numpy(np.asarray(factors, dtype=np.int64) @ np.array([20, 5, 1]))
 
 
 def write_scream(dset_dir: Path, size: tuple[int, int] = (150, 120)) -> Path:
@@ -89,7 +62,7 @@ def library_scream(path: Path) -> np.ndarray:
     return np.array(scream) * 1. / 255.
 
 
-def library_sample(base: Grid, variant: str, n: int, rs: np.random.RandomState,
+def library_sample(base: TinySprites, variant: str, n: int, rs: np.random.RandomState,
                    scream: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """disentanglement_lib's `sample(n, rs)` for ColorDSprites / NoisyDSprites / ScreamDSprites, written out
     from its definition in numpy: factors, then (sample_observations_from_factors) the colour factor of size 1,
@@ -160,7 +133,7 @@ def noise_checks(images: torch.Tensor, sprites: torch.Tensor) -> None:
 @pytest.mark.parametrize("source", ["library", "training", "fixed"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_each_source_of_draws_gives_the_variants_pixels(variant, source, tmp_path):
-    base = Grid()
+    base = TinySprites()
     data = variant_of(base, variant, tmp_path)
     indices = torch.arange(0, 60, 2)
     if source == "library":
@@ -176,7 +149,7 @@ def test_each_source_of_draws_gives_the_variants_pixels(variant, source, tmp_pat
 def test_the_replayed_draws_are_disentanglement_libs_pixel_for_pixel(variant, tmp_path):
     """Two `sample` calls (factors, then observations, from one RandomState), replayed in chunks of 16 that
     do not divide the call: the same images bit for bit and the same random state afterwards."""
-    base = Grid()
+    base = TinySprites()
     data = variant_of(base, variant, tmp_path)
     scream = library_scream(tmp_path / SCREAM_FILE) if variant == "scream" else None
     ours, theirs = np.random.RandomState(7), np.random.RandomState(7)
@@ -194,7 +167,7 @@ def test_the_replayed_draws_are_disentanglement_libs_pixel_for_pixel(variant, tm
 def test_the_scores_encode_the_librarys_images_in_its_order(variant, tmp_path):
     """Through the evaluation's ground truth (observe, as metrics.batched_factors calls it): the labels are
     the factors and each code is the code of the image the library draws at that place."""
-    base, encoder = Grid(), LinearVAE()
+    base, encoder = TinySprites(), LinearVAE()
     data = variant_of(base, variant, tmp_path)
     scream = library_scream(tmp_path / SCREAM_FILE) if variant == "scream" else None
     codes = ObservedCodes(encoder, CPU, batch_size=8)
@@ -218,7 +191,7 @@ def test_the_scores_encode_the_librarys_images_in_its_order(variant, tmp_path):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_training_draws_are_a_function_of_seed_and_step_alone(variant, tmp_path):
-    data = variant_of(Grid(), variant, tmp_path)
+    data = variant_of(TinySprites(), variant, tmp_path)
     indices = torch.arange(16)
     first = data.training_batch(indices, seed=1, step=5)
     assert torch.equal(first, data.training_batch(indices, seed=1, step=5))
@@ -256,15 +229,6 @@ def test_the_scream_is_shrunk_as_the_library_shrinks_it_and_must_fit_a_patch(tmp
     write_scream(tmp_path, size=(200, 64))
     with pytest.raises(DataError, match="at least 65 × 65"):
         load_scream(path)
-
-
-@pytest.fixture
-def one_thread():
-    """Bit-for-bit comparisons run on one thread (as tests/test_faults.py's)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 STATE_KEYS = ("iter", "model_states", "optim_states", "rng", "gather", "last_record")
@@ -306,7 +270,7 @@ def test_a_stopped_run_resumes_exactly_and_then_scores(variant, tmp_path, tiny_d
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_score_and_the_report_on_each_variant(variant, tmp_path):
-    data = variant_of(Grid(), variant, tmp_path / "data")
+    data = variant_of(TinySprites(), variant, tmp_path / "data")
     scale = 0.005
     result = evaluate(LinearVAE(), data, CPU, 7, tmp_path, seed=3, scale=scale, dci_estimator="gbt",
                       progress=False)
@@ -314,7 +278,7 @@ def test_every_score_and_the_report_on_each_variant(variant, tmp_path):
     assert all(np.isfinite(v) for v in result["summary"].values())
     report = result["latents"]
     assert report["has_posterior"] and all(row["kl"] is not None for row in report["per_latent"])
-    assert any(row["best_factor"] in Grid.factor_names for row in report["per_latent"])
+    assert any(row["best_factor"] in TinySprites.factor_names for row in report["per_latent"])
     protocol = result["provenance"]["protocol"]
     # Every drawn image is encoded, none looked up: the scores', the latent report's (all 60) and UDR's.
     assert protocol["images_encoded"] == metrics.images_drawn(scale) + 60 + udr.NUM_POINTS

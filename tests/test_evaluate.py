@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import sklearn
 import torch
-from conftest import run_args
+from conftest import TinySprites, run_args
 from PIL import Image
 from torch import nn
 
@@ -26,37 +26,6 @@ SUMMARY_KEYS = {"beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_com
                 "sap", "irs", "modularity", "explicitness", "gaussian_total_correlation",
                 "gaussian_wasserstein_correlation", "mutual_info_score"}
 UNSUPERVISED_KEYS = {"gaussian_total_correlation", "gaussian_wasserstein_correlation", "mutual_info_score"}
-
-
-class TinySprites:
-    """A dSprites-like data set of 60 images with factors: a square of 3 sizes at 4 × 5 positions. The same
-    interface as dataset.DSprites (uint8 images, latents_classes with a leading colour column)."""
-
-    nc, scale, has_factors = 1, 1.0, True
-    factor_names, factor_sizes = ("size", "posX", "posY"), (3, 4, 5)
-
-    def __init__(self):
-        grid = np.stack(np.meshgrid(*[np.arange(s) for s in self.factor_sizes], indexing="ij"), -1).reshape(-1, 3)
-        self.latents_classes = np.concatenate([np.zeros((len(grid), 1), np.int64), grid], axis=1)
-        self.images = torch.zeros(len(grid), 1, 64, 64, dtype=torch.uint8)
-        for i, (size, x, y) in enumerate(grid):
-            side, top, left = 4 + 4 * size, 6 + 11 * y, 6 + 11 * x
-            self.images[i, 0, top:top + side, left:left + side] = 1
-        self.strides = np.array([20, 5, 1])
-        self.got = 0  # images handed out by get()
-
-    def __len__(self):
-        return len(self.images)
-
-    def get(self, indices):
-        self.got += len(indices)
-        return self.images[indices]
-
-    def sample_factors(self, n, rng):
-        return np.stack([rng.randint(s, size=n) for s in self.factor_sizes], axis=1).astype(np.int64)
-
-    def indices_for_factors(self, factors):
-        return torch.from_numpy(np.asarray(factors, dtype=np.int64) @ self.strides)
 
 
 class Projection(nn.Module):

@@ -28,14 +28,6 @@ EXTRA_STATS = {"factorvae": ("tc", "d_loss", "d_accuracy"), "btcvae": ("tc",),
 CPU = Compute(torch.device("cpu"))  # fp32, NCHW: the reference's numerics
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(*flags: str, nc: int = 1):
     args = parse_args(["--cuda", "False", *flags])
     return build_method(args, nc, "bernoulli", CPU)
