@@ -45,6 +45,7 @@ from storage.resume import checkpoint_path, resume
 from storage.runlock import RunLock, RunLocked
 from utils import (
     check_writable,
+    flush_denormals,
     iter_count,
     keep_freed_memory,
     machine_facts,
@@ -391,6 +392,7 @@ def timed_step(args: argparse.Namespace, spec, device: torch.device, dtype):
 def build_solver(args: argparse.Namespace) -> Solver:
     spec = dataset_spec(args)  # the table's entry with this run's --channels, --distribution and --subset
     keep_freed_memory()  # every step reuses the last step's memory instead of mapping it afresh
+    flush_denormals()  # a trained model's tiny Adam moments would halve the CPU's speed (utils.flush_denormals)
     device = pick_device(args.cuda)
     default_threads = torch.get_num_threads()
     threads, busy = pick_threads(args.threads, device)  # before any timing: the choice depends on the threads

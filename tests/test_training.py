@@ -1,6 +1,7 @@
 """Short end-to-end runs: outputs, checkpoints, resume and --train False."""
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -130,6 +131,40 @@ def test_every_run_keeps_freed_memory(tmp_path, tiny_dsprites, monkeypatch):
     monkeypatch.setattr(train_main, "keep_freed_memory", lambda: calls.append(1) or True)
     argv = run_args(tmp_path, tiny_dsprites, "--max_iter", "1", "--viz_name", "mem")
     assert main(argv) == 0
+    assert calls == [1]
+
+
+SUBNORMAL_PROBE = """
+import sys
+import torch
+sys.path.insert(0, {root!r})
+from utils import flush_denormals
+
+torch.set_num_threads(2)
+x = torch.full((1 << 22,), 1e-39)  # subnormal in float32; each thread multiplies its half
+kept = int((x * 1.0 != 0).sum())  # the OpenMP pool now exists, its threads made before any flush
+flushed = flush_denormals()
+print(kept, int(flushed), int((x * 1.0 != 0).sum()))
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="FTZ/DAZ: x86 only")
+def test_subnormals_are_flushed_on_every_torch_thread_also_those_made_before():
+    proc = subprocess.run([sys.executable, "-c", SUBNORMAL_PROBE.format(root=str(ROOT))],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    kept, flushed, left = map(int, proc.stdout.split())
+    assert kept == 1 << 22  # before: every product stays subnormal (and slow)
+    assert flushed == 1
+    assert left == 0  # after: zero on both threads, the pool thread made before the call included
+
+
+def test_every_run_flushes_subnormals(tmp_path, tiny_dsprites, monkeypatch):
+    import main as train_main
+
+    calls = []
+    monkeypatch.setattr(train_main, "flush_denormals", lambda: calls.append(1) or True)
+    assert main(run_args(tmp_path, tiny_dsprites, "--max_iter", "1", "--viz_name", "ftz")) == 0
     assert calls == [1]
 
 
