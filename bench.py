@@ -2,6 +2,8 @@
 
     python bench.py --configs ref-B,B      # dSprites B, ours against the reference pipeline
     python -m benchmarks.evaluation        # the evaluation protocol's metric time
+    python -m benchmarks.contention        # two trainings on one machine
+    python -m benchmarks.denormals         # a trained model's step, subnormals kept and flushed
 """
 
 import sys

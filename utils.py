@@ -59,10 +59,18 @@ def flush_denormals() -> bool:
     if not torch.set_flush_denormal(True):
         return False
     try:
-        path = next(line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
-                    if "libgomp" in line.split()[-1])
+        loaded = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                  if "libgomp" in line.rsplit("/", 1)[-1]}
+    except OSError:  # no /proc (macOS)
+        return True
+    if not loaded:
+        return True
+    # Other wheels (scikit-learn) bring libgomps of their own, with their own threads: torch's first.
+    torch_lib = str(Path(torch.__file__).parent / "lib")
+    path = min(loaded, key=lambda p: (not p.startswith(torch_lib), p))
+    try:
         gomp = ctypes.CDLL(path)  # the loaded library itself: dlopen of a loaded path returns it
-    except (OSError, StopIteration, IndexError):
+    except OSError:
         return True
 
     @ctypes.CFUNCTYPE(None, ctypes.c_void_p)

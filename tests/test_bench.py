@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT
 
 from benchmarks import training as bench
@@ -124,3 +125,44 @@ def test_every_rounds_it_s_is_shown_beside_the_median(capsys):
     assert "it/s of every round: ref-B 11.00, 12.50, 11.60; B 26.80, 22.80, 28.90." in out
     assert "2.31× the reference pipeline's it/s (26.80 vs 11.60)" in out  # the median rounds' ratio
     assert "the median of the 3 rounds' own ratios is 2.44×" in out  # rounds: 2.44, 1.82, 2.49
+
+
+def test_subnormals_are_counted_in_weights_and_optimiser_states():
+    from benchmarks.denormals import count_subnormals
+
+    checkpoint = {"model_states": {"net": {"w": torch.tensor([1e-39, 1.0, 0.0])}},
+                  "optim_states": {"optim": {"state": {0: {"exp_avg": torch.tensor([1e-40, 2e-38]),
+                                                           "step": torch.tensor(5.0)}}}}}
+    # 1e-39 and 1e-40 lie below float32's smallest normal (1.18e-38); 2e-38, 0 and 1 do not.
+    assert count_subnormals(checkpoint) == (2, 6)
+
+
+def test_the_denormals_bench_times_kept_flushed_and_fresh_from_a_checkpoint(tmp_path, tiny_dsprites, monkeypatch,
+                                                                            capsys, one_thread):
+    """main asks a worker per variant; here the workers run in this process (run_worker is the subprocess)."""
+    from conftest import run_args
+
+    from benchmarks import denormals
+    from main import main as train
+
+    assert train(run_args(tmp_path, tiny_dsprites, "--max_iter", "2", "--viz_name", "trained")) == 0
+    checkpoint = tmp_path / "checkpoints" / "trained" / "last"
+    variants = []
+    monkeypatch.setattr(denormals, "run_worker", lambda job: variants.append(job["variant"]) or denormals.worker(job))
+    assert denormals.main(["--checkpoints", str(checkpoint), "--caps", "native", "--iters", "2", "--warmup", "1",
+                           "--dset_dir", str(tiny_dsprites)]) == 0
+    assert variants == ["kept", "flushed", "fresh"]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and not line.startswith("| checkpoint")]
+    assert len(rows) == 1
+    assert rows[0][1] == "2" and rows[0][3] == "native"
+    assert all(float(cell) > 0 for cell in rows[0][4:7])  # kept, flushed, fresh it/s
+    assert rows[0][7].endswith("×") and rows[0][8].endswith("×")
+
+
+def test_the_denormals_bench_refuses_a_checkpoint_without_adam_state(tmp_path):
+    torch.save({"iter": 1, "config": {"dataset": "celeba"}}, tmp_path / "last")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.denormals", "--checkpoints", str(tmp_path / "last")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "--checkpoints" in proc.stderr and str(tmp_path / "last") in proc.stderr
