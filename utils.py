@@ -46,9 +46,10 @@ def flush_denormals() -> bool:
     """Make this process's CPU arithmetic treat subnormal floats (below 1.2e-38) as zero, on every torch thread.
 
     Adam's first moments of units whose gradient has gone to zero decay by beta1 every step into the
-    subnormal range, where each multiply-add takes microcode tens of times longer. Measured on a trained
-    checkpoint (one thread, AVX-512 without AMX): 5.5 it/s with them, 11.2 it/s flushed, the speed of a fresh
-    model (`python bench.py --denormals`). No value that small changes a loss, a step or a score.
+    subnormal range, where each multiply-add takes microcode tens of times longer. Resumed from the shipped
+    VAE (one thread, AVX-512 without AMX): 5.1 it/s with them, 11.3 flushed, 12.1 for a fresh model; 2.3× under
+    the AVX2 cap (`python -m benchmarks.denormals`, docs/performance.md). No value that small changes a loss,
+    a step or a score.
 
     The flag (FTZ and DAZ in the x86 MXCSR register) is per thread; a thread starts with its creator's. Threads
     made from now on inherit it from this one; the OpenMP threads torch has made already get it by running

@@ -130,10 +130,13 @@ def test_every_rounds_it_s_is_shown_beside_the_median(capsys):
 def test_subnormals_are_counted_in_weights_and_optimiser_states():
     from benchmarks.denormals import count_subnormals
 
-    checkpoint = {"model_states": {"net": {"w": torch.tensor([1e-39, 1.0, 0.0])}},
-                  "optim_states": {"optim": {"state": {0: {"exp_avg": torch.tensor([1e-40, 2e-38]),
+    def floats(*bits):  # from bit patterns: a float literal would be flushed where the process flushes
+        return torch.tensor(bits, dtype=torch.int32).view(torch.float32)
+
+    # 0x00000001 (1.4e-45) and 0x007FFFFF (1.18e-38 less a step) are subnormal; 2e-38, 1 and 0 are not.
+    checkpoint = {"model_states": {"net": {"w": floats(0x00000001, 0x3F800000, 0)}},
+                  "optim_states": {"optim": {"state": {0: {"exp_avg": floats(0x007FFFFF, 0x00D9C7E0),
                                                            "step": torch.tensor(5.0)}}}}}
-    # 1e-39 and 1e-40 lie below float32's smallest normal (1.18e-38); 2e-38, 0 and 1 do not.
     assert count_subnormals(checkpoint) == (2, 6)
 
 
