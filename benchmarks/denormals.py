@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -62,6 +61,7 @@ def count_subnormals(checkpoint: dict) -> tuple[int, int]:
 def worker(job: dict) -> dict:
     """Train `iters` steps after `warmup` from job's checkpoint (or fresh weights); return it/s."""
     import main as train_main
+    from benchmarks.training import time_loop
     from dataset import dataset_spec, load_dataset
     from hardware.precision import PRECISIONS, native_bf16
     from methods import Compute, build_method
@@ -88,15 +88,16 @@ def worker(job: dict) -> dict:
     generator = torch.Generator().manual_seed(0)
     images = [data.get(torch.randint(len(data), (config["batch_size"],), generator=generator)).float()
               for _ in range(job["warmup"] + job["iters"])]  # (B, 1, 64, 64) each, drawn before timing
-    step = int(checkpoint["iter"])
-    for x in images[: job["warmup"]]:
-        step += 1
-        method.train_step(x, step)
-    start = time.perf_counter()
-    for x in images[job["warmup"] :]:
-        step += 1
-        method.train_step(x, step)
-    return {"it_s": job["iters"] / (time.perf_counter() - start), "precision": precision}
+    batches = iter(images)
+    step = [int(checkpoint["iter"])]
+
+    def train_step() -> float:  # time_loop's step: seconds spent waiting for data (none: drawn already)
+        step[0] += 1
+        method.train_step(next(batches), step[0])
+        return 0.0
+
+    timed = time_loop(train_step, job["warmup"], job["iters"], sync=lambda: None)
+    return {"it_s": timed["it_s"], "precision": precision}
 
 
 # --------------------------------------------------------------------------- the parent side
@@ -124,17 +125,19 @@ def parse_caps(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from benchmarks.training import BenchHelpFormatter  # the docstring as description, every default shown
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=BenchHelpFormatter)
     p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS,
-                   help="comma-separated dSprites checkpoints (with their Adam state) (default: %(default)s)")
+                   help="comma-separated dSprites checkpoints (with their Adam state)")
     p.add_argument("--caps", default=",".join(CAP_NAMES), type=parse_caps,
-                   help="instruction-set settings, from native, avx512bf16, avx2 (default: all three)")
-    p.add_argument("--iters", type=int, default=60, help="timed iterations per configuration (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed iterations first (default: %(default)s)")
+                   help="instruction-set settings, from native, avx512bf16, avx2")
+    p.add_argument("--iters", type=int, default=60, help="timed iterations per configuration")
+    p.add_argument("--warmup", type=int, default=10, help="untimed iterations first")
     p.add_argument("--rounds", type=int, default=1,
-                   help="run every configuration this many times, interleaved; report the median (default: 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per configuration (default: %(default)s)")
-    p.add_argument("--dset_dir", default="data", help="where the dSprites file is (default: %(default)s)")
+                   help="run every configuration this many times, interleaved; report the median")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per configuration")
+    p.add_argument("--dset_dir", default="data", help="where the dSprites file is")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
 
