@@ -40,7 +40,7 @@ from pathlib import Path
 RESULT_TAG = "CONTENTION_RESULT "
 WARM_TAG = "CONTENTION_WARM"
 ROOT = Path(__file__).resolve().parents[1]
-WARMUP = 20  # iterations before timing: oneDNN builds its kernels on the first ones
+WARMUP = 20  # iterations before timing (--warmup): oneDNN builds its kernels on the first ones
 CASES = ("alone", "pair", "pair:keep", "alone:keep", "alone:passive", "pair:passive", "pair:keep+passive")
 
 
@@ -64,7 +64,7 @@ def trainer(job: dict) -> None:
     stop = threading.Event()
     if not job["seconds"]:  # untimed: trains until the parent closes its stdin
         threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    for _ in range(WARMUP):
+    for _ in range(job["warmup"]):
         solver.step += 1
         solver.train_step(next(stream))
     print(WARM_TAG, flush=True)
@@ -86,8 +86,10 @@ def trainer(job: dict) -> None:
 # --------------------------------------------------------------------------- the parent side
 
 
-def start(flags: list[str], seconds: float, env: dict, dset_dir: str, scratch: str) -> subprocess.Popen:
-    job = {"flags": flags, "seconds": seconds, "dset_dir": dset_dir, "workdir": tempfile.mkdtemp(dir=scratch)}
+def start(flags: list[str], seconds: float, env: dict, dset_dir: str, scratch: str,
+          warmup: int = WARMUP) -> subprocess.Popen:
+    job = {"flags": flags, "seconds": seconds, "warmup": warmup, "dset_dir": dset_dir,
+           "workdir": tempfile.mkdtemp(dir=scratch)}
     return subprocess.Popen([sys.executable, "-m", "benchmarks.contention", "--trainer", json.dumps(job)],
                             cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -127,15 +129,15 @@ def run_case(case: str, args, env: dict, dset_dir: str, scratch: str) -> dict:
         env = dict(env, OMP_WAIT_POLICY="PASSIVE")
     flags = ["--threads", str(default_threads(env))] if "keep" in options else []
     if kind == "alone":
-        only = start(flags, args.seconds, env, dset_dir, scratch)
+        only = start(flags, args.seconds, env, dset_dir, scratch, args.warmup)
         wait_warm(only)
         one = result(only)
         return {"rates": [rate(one["times"], one["times"][0], one["times"][-1])], "threads": [one["threads"]],
                 "said": [f"alone: {line}" for line in one["said"] + one["pace"]], "precision": [one["precision"]]}
-    first = start(flags, 0, env, dset_dir, scratch)  # runs until its stdin closes
+    first = start(flags, 0, env, dset_dir, scratch, args.warmup)  # runs until its stdin closes
     wait_warm(first)
     time.sleep(args.gap)
-    second = start(flags, args.seconds, env, dset_dir, scratch)
+    second = start(flags, args.seconds, env, dset_dir, scratch, args.warmup)
     wait_warm(second)
     two = result(second)  # the second ran `seconds` after its warm-up; then the first is stopped
     one = result(first)
@@ -151,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Formatter", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {}))
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from: {', '.join(CASES)}")
     p.add_argument("--seconds", type=float, default=30, help="timed seconds of each measured trainer")
+    p.add_argument("--warmup", type=int, default=WARMUP, help="untimed iterations of each trainer before its timing")
     p.add_argument("--gap", type=float, default=5,
                    help="seconds between the first trainer's warm-up and the second's start")
     p.add_argument("--cap", default="", choices=("", "avx2", "avx512bf16"),

@@ -23,10 +23,12 @@ encodes several batches at once in threads, and a SparseEncoder may be called fr
 The disentanglement protocol encodes every one of dSprites' 737,280 images, and the encoder is its main
 cost; eval_bench.py measures this against the dense encoder.
 
-Works for any encoder that begins with three Conv2d(k=4, s=2, p=1) + ReLU pairs, as both β-VAE encoders
-(H and B) do, and whose encode(x) returns the last layer's output split into (μ, logσ²) or (μ, None);
-`supports` checks both. A batch that is not binary and one-channel, or whose content reaches across
-most of the image, runs through the dense encoder. CPU only: on a GPU the dense encoder is fast.
+Works for any encoder that begins with two Conv2d(k=4, s=2, p=1) + ReLU pairs and a third convolution
+that halves the map (stride 2: kernel 4 with padding 1, as the β-VAE encoders H and B have, or kernel 2
+without padding, as disentanglement_lib's encoder DLIB has) + ReLU, and whose encode(x) returns the last
+layer's output split into (μ, logσ²) or (μ, None); `supports` checks both. A batch that is not binary
+and one-channel, or whose content reaches across most of the image, runs through the dense encoder.
+CPU only: on a GPU the dense encoder is fast.
 """
 
 import threading
@@ -51,12 +53,21 @@ def _is_down_conv(layer: nn.Module) -> bool:
             and layer.padding_mode == "zeros" and layer.bias is not None)
 
 
+def _is_halving_conv(layer: nn.Module) -> bool:
+    """Conv2d with stride 2 and kernel 4, padding 1 (H, B) or kernel 2, padding 0 (DLIB): each output row u
+    reads input rows 2u-p .. 2u-p+k-1, and a 16×16 map becomes 8×8."""
+    return (isinstance(layer, nn.Conv2d) and layer.kernel_size in ((4, 4), (2, 2)) and layer.stride == (2, 2)
+            and layer.padding == ((layer.kernel_size[0] - 2) // 2,) * 2 and layer.dilation == (1, 1)
+            and layer.groups == 1 and layer.padding_mode == "zeros" and layer.bias is not None)
+
+
 def supports(model: nn.Module) -> bool:
-    """True when `model.encoder` starts with three (down-conv, ReLU) pairs, as both β-VAE encoders do, and
-    `model.encode(x)` is the encoder's output split into (μ, logσ²) (or (μ, None)): checked on two images."""
+    """True when `model.encoder` starts with two (down-conv, ReLU) pairs and a (halving conv, ReLU) pair, as
+    the H, B and DLIB encoders do, and `model.encode(x)` is the encoder's output split into (μ, logσ²) (or
+    (μ, None)): checked on two images."""
     layers = list(getattr(model, "encoder", []))
     if not (isinstance(getattr(model, "z_dim", None), int) and len(layers) > 6
-            and all(_is_down_conv(layers[i]) for i in (0, 2, 4))
+            and all(_is_down_conv(layers[i]) for i in (0, 2)) and _is_halving_conv(layers[4])
             and all(isinstance(layers[i], nn.ReLU) for i in (1, 3, 5))):
         return False
     weight = layers[0].weight
@@ -72,10 +83,12 @@ def supports(model: nn.Module) -> bool:
 # ----------------------------------------------------------------------------------------- window geometry
 
 
-def _reach(lo: torch.Tensor, hi: torch.Tensor, size_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input rows [lo, hi] (B,) that differ from the blank image -> the output rows they reach."""
-    u0 = torch.div(lo - 1, 2, rounding_mode="floor").clamp(min=0)  # ceil((lo - 2) / 2)
-    u1 = torch.div(hi + 1, 2, rounding_mode="floor").clamp(max=size_out - 1)
+def _reach(lo: torch.Tensor, hi: torch.Tensor, size_out: int, kernel: int = 4,
+           padding: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input rows [lo, hi] (B,) that differ from the blank image -> the output rows of a stride-2 convolution
+    that they reach: output row u reads input rows 2u-padding .. 2u-padding+kernel-1."""
+    u0 = torch.div(lo + padding - kernel + 2, 2, rounding_mode="floor").clamp(min=0)  # ceil((lo+p-k+1) / 2)
+    u1 = torch.div(hi + padding, 2, rounding_mode="floor").clamp(max=size_out - 1)
     return u0, u1
 
 
@@ -155,9 +168,10 @@ def _h1_patterns(pixels, top, left, size, first_row, patterns, rows):
 
 
 @njit(cache=True, nogil=True)
-def _conv3_inputs(rows, table, blank2, top2, left2, size2, top3, left3, out):
-    """conv3's input, out (B, side, side, C2): h2 rows 2·top3-1 .. 2·top3+2·side3 (and columns), i.e. what the
-    side3×side3 window of h3 at (top3, left3) reads. Inside the h2 window at (top2, left2): conv2 + ReLU
+def _conv3_inputs(rows, table, blank2, top2, left2, size2, top3, left3, pad3, out):
+    """conv3's input, out (B, side, side, C2): h2 rows 2·top3-pad3 .. 2·top3-pad3+side-1 (and columns), i.e.
+    what the window of h3 at (top3, left3) reads (side = 2·size3 + kernel3 - 2; pad3 is conv3's padding,
+    0 or 1). Inside the h2 window at (top2, left2): conv2 + ReLU
     as the sum of the table rows of its 16 taps (rows (B, 2·size2+2, 2·size2+2), from _h1_patterns, tap
     (i, j) at row + 4i + j), summed in tap order; elsewhere the blank map blank2 (18, 18, C2), whose ring
     of zeros is conv3's padding."""
@@ -165,9 +179,9 @@ def _conv3_inputs(rows, table, blank2, top2, left2, size2, top3, left3, out):
     for b in range(batch):
         total = np.empty(channels, np.float32)
         for r in range(side):
-            h2_row = 2 * top3[b] - 1 + r
+            h2_row = 2 * top3[b] - pad3 + r
             for c in range(side):
-                h2_col = 2 * left3[b] - 1 + c
+                h2_col = 2 * left3[b] - pad3 + c
                 u, v = h2_row - top2[b], h2_col - left2[b]
                 if 0 <= u < size2 and 0 <= v < size2:
                     total[:] = 0
@@ -205,7 +219,7 @@ def warm_up() -> None:
     _content_boxes(pixels)
     _h1_patterns(pixels, corner, corner, 1, first_row, patterns, patterns.copy())
     _conv3_inputs(patterns, np.zeros((16, 1), np.float32), np.zeros((18, 18, 1), np.float32), corner, corner, 1,
-                  corner, corner, np.zeros((1, 4, 4, 1), np.float32))
+                  corner, corner, 1, np.zeros((1, 4, 4, 1), np.float32))
     _products_in_order(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32))
 
 
@@ -237,8 +251,9 @@ class SparseEncoder:
 
     def __init__(self, model: nn.Module):
         if not supports(model):
-            raise ValueError("SparseEncoder needs an encoder that starts with three Conv2d(4, 2, 1) + ReLU pairs "
-                             "and an encode(x) that splits the encoder's output into (mu, logvar)")
+            raise ValueError("SparseEncoder needs an encoder that starts with two Conv2d(4, 2, 1) + ReLU pairs and "
+                             "a Conv2d(4, 2, 1) or Conv2d(2, 2) + ReLU, and an encode(x) that splits the "
+                             "encoder's output into (mu, logvar)")
         if model.encoder[0].weight.device.type != "cpu":
             raise ValueError("SparseEncoder runs on the CPU; on a GPU use the model's own encode")
         layers = list(model.encoder)
@@ -283,7 +298,9 @@ class SparseEncoder:
         size2, top2, left2 = _window(rows, cols, 16)
         if size2 > MAX_SPARSE_WIDTH:
             return None
-        size3, top3, left3 = _window(_reach(top2, top2 + size2 - 1, 8), _reach(left2, left2 + size2 - 1, 8), 8)
+        kernel3, pad3 = self.conv3.kernel_size[0], self.conv3.padding[0]
+        size3, top3, left3 = _window(_reach(top2, top2 + size2 - 1, 8, kernel3, pad3),
+                                     _reach(left2, left2 + size2 - 1, 8, kernel3, pad3), 8)
         top2, left2, top3, left3 = top2.numpy(), left2.numpy(), top3.numpy(), left3.numpy()
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
         table = self._tap_table(scale, dtype)
@@ -297,9 +314,9 @@ class SparseEncoder:
                     table.add(new, self._tap_products(torch.from_numpy(new), scale, dtype).numpy())
             first_rows = table.first_row[patterns]
         blank2, blank3 = self._blank_maps(dtype)
-        side3 = 2 * size3 + 2  # h2 rows 2·top3-1 .. feed h3 rows top3 ..; +1 for the zero ring
+        side3 = 2 * size3 + kernel3 - 2  # h2 rows 2·top3-pad3 .. feed h3 rows top3 .. top3+size3-1
         h3_input = np.empty((batch, side3, side3, blank2.shape[2]), np.float32)
-        _conv3_inputs(first_rows, table.rows, blank2.numpy(), top2, left2, size2, top3, left3, h3_input)
+        _conv3_inputs(first_rows, table.rows, blank2.numpy(), top2, left2, size2, top3, left3, pad3, h3_input)
         h3_input = torch.from_numpy(h3_input).to(dtype).permute(0, 3, 1, 2)  # (B, C2, side3, side3), channels-last
         h3_window = F.conv2d(h3_input, self.conv3.weight, self.conv3.bias, stride=2).relu_()  # (B, C3, S3, S3)
         h3 = blank3.to(h3_window.dtype).repeat(batch, 1, 1, 1)  # (B, 8, 8, C3)

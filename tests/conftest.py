@@ -61,12 +61,22 @@ def run_args(tmp_path: Path, dset_dir: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def full_dsprites(tmp_path_factory) -> Path:
-    """A --dset_dir with the full generated dSprites file (737,280 images), made once per test session."""
+def full_dsprites(tmp_path_factory, worker_id) -> Path:
+    """A --dset_dir with the full generated dSprites file (737,280 images), made once per test session: under
+    pytest-xdist the workers share it (the first makes it, under a lock, in the session's folder above theirs),
+    which saves each further worker the 10 to 20 s of generating it."""
+    import fcntl
+
     from loaders import dsprites_gen
 
-    dset_dir = tmp_path_factory.mktemp("full") / "data"
-    dsprites_gen.generate_dsprites(dset_dir / DSPRITES_FILE, progress=False)
+    base = tmp_path_factory.getbasetemp()
+    root = base if worker_id == "master" else base.parent  # xdist: .../pytest-N/popen-gwK -> .../pytest-N
+    dset_dir = root / "full_dsprites" / "data"
+    dset_dir.mkdir(parents=True, exist_ok=True)
+    with open(root / "full_dsprites" / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (dset_dir / DSPRITES_FILE).exists():  # generate_dsprites writes atomically
+            dsprites_gen.generate_dsprites(dset_dir / DSPRITES_FILE, progress=False)
     return dset_dir
 
 

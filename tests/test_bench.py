@@ -97,7 +97,8 @@ def test_each_cap_runs_its_worker_under_that_instruction_set(monkeypatch, option
 
 def test_the_contention_bench_measures_one_trainer_alone_and_two_together(tiny_dsprites):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.contention", "--cases", "alone,pair:keep",
-                           "--seconds", "1", "--gap", "0", "--dset_dir", str(tiny_dsprites)],
+                           "--seconds", "1", "--warmup", "2", "--gap", "0",
+                           "--dset_dir", str(tiny_dsprites)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]

@@ -7,7 +7,7 @@ import torch
 
 from evaluation import sparse_encoder
 from evaluation.sparse_encoder import MAX_SPARSE_WIDTH, SparseEncoder, supports
-from model import BetaVAE_B, BetaVAE_H
+from model import BetaVAE_B, BetaVAE_DLIB, BetaVAE_H
 
 
 def sprites(n: int, seed: int, max_side: int = 27) -> torch.Tensor:
@@ -33,7 +33,7 @@ def trained_like(model_class):
     return model
 
 
-@pytest.mark.parametrize("model_class", [BetaVAE_B, BetaVAE_H])
+@pytest.mark.parametrize("model_class", [BetaVAE_B, BetaVAE_H, BetaVAE_DLIB])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_sparse_means_equal_dense_means(model_class, channels_last):
     model = trained_like(model_class)
@@ -72,8 +72,11 @@ def test_wide_content_falls_back_to_the_dense_encoder():
     assert MAX_SPARSE_WIDTH < 16
 
 
-def test_supports_both_models_and_rejects_others():
-    assert supports(BetaVAE_B()) and supports(BetaVAE_H())
+def test_supports_the_three_models_and_rejects_others():
+    assert supports(BetaVAE_B()) and supports(BetaVAE_H()) and supports(BetaVAE_DLIB())
+    odd = BetaVAE_DLIB()
+    odd.encoder[4] = torch.nn.Conv2d(32, 64, 3, 2, 1)  # halves the map too, but a kernel the windows don't know
+    assert not supports(odd)
     with pytest.raises(ValueError, match="Conv2d"):
         SparseEncoder(torch.nn.Linear(2, 2))
 
@@ -121,7 +124,7 @@ def test_conv1_patterns_are_the_pixels_conv1_reads():
         assert np.array_equal(patterns[b], padded[b, rows, cols].numpy())
 
 
-@pytest.mark.parametrize("model_class", [BetaVAE_B, BetaVAE_H])
+@pytest.mark.parametrize("model_class", [BetaVAE_B, BetaVAE_H, BetaVAE_DLIB])
 def test_logvar_and_uint8_input_match_the_dense_encoder(model_class):
     model = trained_like(model_class)
     x = sprites(48, seed=5)
