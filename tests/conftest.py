@@ -60,6 +60,28 @@ def run_args(tmp_path: Path, dset_dir: Path, *extra: str) -> list[str]:
             "--batch_size", "16", *extra]
 
 
+def shared_folder(tmp_path_factory, worker_id) -> Path:
+    """This test session's folder, the same for every pytest-xdist worker (.../pytest-N above .../popen-gwK)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def numba_kernels(tmp_path_factory, worker_id) -> None:
+    """Compile the evaluation's numba kernels (gbt, the sparse encoder) once, before any test: on a fresh clone
+    that takes about a minute on 2 cores, and every worker, and every training run a test starts, that needed
+    them before numba's cache in __pycache__ existed would compile them again. The first worker compiles under
+    a lock; the others then load the cache (a second or two)."""
+    import fcntl
+
+    from evaluation import gbt, sparse_encoder
+
+    with open(shared_folder(tmp_path_factory, worker_id) / "numba.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        gbt.warm_up()
+        sparse_encoder.warm_up()
+
+
 @pytest.fixture(scope="session")
 def full_dsprites(tmp_path_factory, worker_id) -> Path:
     """A --dset_dir with the full generated dSprites file (737,280 images), made once per test session: under
@@ -69,8 +91,7 @@ def full_dsprites(tmp_path_factory, worker_id) -> Path:
 
     from loaders import dsprites_gen
 
-    base = tmp_path_factory.getbasetemp()
-    root = base if worker_id == "master" else base.parent  # xdist: .../pytest-N/popen-gwK -> .../pytest-N
+    root = shared_folder(tmp_path_factory, worker_id)
     dset_dir = root / "full_dsprites" / "data"
     dset_dir.mkdir(parents=True, exist_ok=True)
     with open(root / "full_dsprites" / "lock", "w") as lock:

@@ -6,6 +6,7 @@ import torch
 from conftest import write_dsprites_npz
 from PIL import Image
 
+import dataset
 from dataset import DATASETS, DSPRITES_FILE, BatchOrder, DataError, ImageFolder, load_dataset, load_dsprites
 
 
@@ -17,6 +18,58 @@ def test_dsprites_round_trips_through_the_packed_form(tmp_path):
     batch = data.get(torch.tensor([0, 299, 17]))
     assert batch.shape == (3, 1, 64, 64)
     assert np.array_equal(batch[:, 0].numpy(), imgs[[0, 299, 17]])
+
+
+def test_a_second_load_reads_the_packed_copy_and_a_changed_file_is_read_again(tmp_path, monkeypatch):
+    path = tmp_path / "d.npz"
+    imgs = write_dsprites_npz(path, n=100)
+    first = load_dsprites(path)
+    cache = dataset.packed_cache_path(path)
+    assert cache.is_file() and not list(tmp_path.glob(".*.tmp"))  # written whole, no temporary left
+
+    def no_npz(*args):
+        raise AssertionError("the npz was read although its packed copy is current")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(dataset, "_read_dsprites_npz", no_npz)
+        again = load_dsprites(path)
+    assert torch.equal(again.packed, first.packed) and np.array_equal(again.latents_classes, first.latents_classes)
+    assert again.latents_classes.dtype == np.int64
+
+    other = write_dsprites_npz(path, n=100, seed=1)  # another file at the same path: the copy is stale
+    changed = load_dsprites(path)
+    assert np.array_equal(changed.get(torch.arange(100))[:, 0].numpy(), other)
+    assert not np.array_equal(other, imgs)
+    with monkeypatch.context() as patch:  # and the copy now follows the new file
+        patch.setattr(dataset, "_read_dsprites_npz", no_npz)
+        assert torch.equal(load_dsprites(path).packed, changed.packed)
+
+
+def test_a_damaged_packed_copy_is_said_and_replaced(tmp_path, capsys):
+    path = tmp_path / "d.npz"
+    imgs = write_dsprites_npz(path, n=50)
+    load_dsprites(path)
+    cache = dataset.packed_cache_path(path)
+    cache.write_bytes(cache.read_bytes()[:1000])  # cut short, as a full disk might have left a plain write
+    data = load_dsprites(path)
+    assert np.array_equal(data.get(torch.arange(50))[:, 0].numpy(), imgs)
+    assert f"{cache}: unreadable" in capsys.readouterr().err
+    assert torch.equal(load_dsprites(path).packed, data.packed) and capsys.readouterr().err == ""  # rewritten
+
+
+def test_a_folder_that_cannot_take_the_packed_copy_still_loads_and_says_so(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "d.npz"
+    imgs = write_dsprites_npz(path, n=50)
+
+    def full_disk(path, write):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dataset, "atomic_write", full_disk)
+    data = load_dsprites(path)
+    assert np.array_equal(data.get(torch.arange(50))[:, 0].numpy(), imgs)
+    err = capsys.readouterr().err
+    assert "could not keep the packed copy" in err and "No space left on device" in err
+    assert not dataset.packed_cache_path(path).exists()
 
 
 def test_small_dsprites_has_no_factor_interface(tmp_path):
