@@ -35,12 +35,9 @@ SCORES = (("beta_vae", "BetaVAE"), ("factor_vae", "FactorVAE"), ("mig", "MIG"), 
           ("sap", "SAP"))
 
 
-def check_scores(checkpoint: Path, dset_dir: str, scale: float = CHECK_SCALE, seed: int = CHECK_SEED,
-                 loaded: dict | None = None) -> dict:
+def check_scores(checkpoint: Path, dset_dir: str, scale: float = CHECK_SCALE, seed: int = CHECK_SEED) -> dict:
     """The headline scores of a checkpoint at a small scale, in fp32 (the same numbers on every CPU kind, up to
-    the last bits of the codes), written to a temporary folder. `loaded`, a dict the caller keeps, holds the
-    datasets loaded so far (by their spec), so that checking several models reads each dataset once (the full
-    dSprites file takes 5 to 11 s to inflate)."""
+    the last bits of the codes), written to a temporary folder."""
     import torch
 
     from dataset import dataset_spec, load_dataset
@@ -51,11 +48,7 @@ def check_scores(checkpoint: Path, dset_dir: str, scale: float = CHECK_SCALE, se
     config = load_checkpoint(checkpoint)["config"]
     method = method_from_checkpoint(checkpoint)
     spec = dataset_spec(argparse.Namespace(**{**config, "subset": None}))
-    loaded = {} if loaded is None else loaded
-    key = (repr(spec), str(dset_dir))
-    if key not in loaded:
-        loaded[key] = load_dataset(spec, dset_dir)
-    data = loaded[key]
+    data = load_dataset(spec, dset_dir)
     with tempfile.TemporaryDirectory() as out:
         result = evaluate(method.encoder, data, torch.device("cpu"), 0, Path(out), seed=seed, scale=scale,
                           autocast_dtype=None, progress=False)

@@ -1,5 +1,7 @@
 """Shared fixtures: small datasets written to temporary folders, and the repository paths."""
 
+import contextlib
+import fcntl
 import os
 import signal
 import sys
@@ -66,18 +68,23 @@ def shared_folder(tmp_path_factory, worker_id) -> Path:
     return base if worker_id == "master" else base.parent
 
 
+@contextlib.contextmanager
+def session_lock(tmp_path_factory, worker_id, name: str):
+    """Held by one pytest-xdist worker at a time, for work that the first does and the others then reuse."""
+    with open(shared_folder(tmp_path_factory, worker_id) / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def numba_kernels(tmp_path_factory, worker_id) -> None:
     """Compile the evaluation's numba kernels (gbt, the sparse encoder) once, before any test: on a fresh clone
     that takes about a minute on 2 cores, and every worker, and every training run a test starts, that needed
     them before numba's cache in __pycache__ existed would compile them again. The first worker compiles under
     a lock; the others then load the cache (a second or two)."""
-    import fcntl
-
     from evaluation import gbt, sparse_encoder
 
-    with open(shared_folder(tmp_path_factory, worker_id) / "numba.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with session_lock(tmp_path_factory, worker_id, "numba"):
         gbt.warm_up()
         sparse_encoder.warm_up()
 
@@ -87,15 +94,10 @@ def full_dsprites(tmp_path_factory, worker_id) -> Path:
     """A --dset_dir with the full generated dSprites file (737,280 images), made once per test session: under
     pytest-xdist the workers share it (the first makes it, under a lock, in the session's folder above theirs),
     which saves each further worker the 10 to 20 s of generating it."""
-    import fcntl
-
     from loaders import dsprites_gen
 
-    root = shared_folder(tmp_path_factory, worker_id)
-    dset_dir = root / "full_dsprites" / "data"
-    dset_dir.mkdir(parents=True, exist_ok=True)
-    with open(root / "full_dsprites" / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    dset_dir = shared_folder(tmp_path_factory, worker_id) / "full_dsprites" / "data"
+    with session_lock(tmp_path_factory, worker_id, "full_dsprites"):
         if not (dset_dir / DSPRITES_FILE).exists():  # generate_dsprites writes atomically
             dsprites_gen.generate_dsprites(dset_dir / DSPRITES_FILE, progress=False)
     return dset_dir

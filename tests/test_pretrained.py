@@ -15,17 +15,10 @@ from results.card import card_text, check_scores, latest_eval
 CARDS = sorted(path for path in (ROOT / "pretrained").glob("*/card.json") if "check" in json.loads(path.read_text()))
 
 
-@pytest.fixture(scope="module")
-def loaded_datasets() -> dict:
-    """The datasets check_scores has loaded, kept for the next model (each is read once)."""
-    return {}
-
-
 @pytest.mark.parametrize("card", CARDS, ids=[card.parent.name for card in CARDS])
-def test_a_shipped_model_scores_what_its_card_says(card, full_dsprites, loaded_datasets):
+def test_a_shipped_model_scores_what_its_card_says(card, full_dsprites):
     stored = json.loads(card.read_text())["check"]
-    scores = check_scores(card.parent / "last", str(full_dsprites), stored["scale"], stored["eval_seed"],
-                          loaded_datasets)
+    scores = check_scores(card.parent / "last", str(full_dsprites), stored["scale"], stored["eval_seed"])
     for key in ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "sap"):
         assert scores[key] == pytest.approx(stored["summary"][key], abs=0.02), key
 
